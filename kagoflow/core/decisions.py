@@ -1,0 +1,88 @@
+"""A mail decision: the one output of the decision core, shared by worker, backtest and delivery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import orjson
+
+from kagoflow.core.shoptime import UTC, iso
+
+DecisionStatus = Literal["sent", "capped", "suppressed", "skipped"]
+DecisionKind = Literal["abandonment", "price_drop", "restock"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the core decided for (member, rule) at ``at_ms``.
+
+    ``episode`` is deterministic from the input (never from wall-clock randomness), so a replay after a
+    crash yields the same ``key`` and the send ledger and cap counter can recognise it.
+    ``reason`` is empty for ``sent``; otherwise e.g. ``no_products``, ``filter:devices``, ``no_profile``,
+    ``no_consent``, ``unsubscribed``, ``capped``.
+    """
+
+    member_id: str
+    rule_id: str
+    kind: DecisionKind
+    status: DecisionStatus
+    reason: str
+    products: tuple[str, ...]
+    due_ms: int
+    at_ms: int
+    episode: str
+    template: str
+    coupon: str | None = None
+    sender_name: str | None = None
+    cap_exempt: bool = False
+
+    @property
+    def key(self) -> str:
+        """Idempotency key: one mail per (member, rule, episode)."""
+        return f"{self.member_id}|{self.rule_id}|{self.episode}"
+
+    def with_status(self, status: DecisionStatus, reason: str) -> Decision:
+        return replace(self, status=status, reason=reason)
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form (``mail_decisions`` topic, backtest output — SPEC §9 fields first)."""
+        return {
+            "member_id": self.member_id,
+            "rule": self.rule_id,
+            "kind": self.kind,
+            "status": self.status,
+            "at": iso(self.at_ms, UTC),
+            "products": list(self.products),
+            "reason": self.reason,
+            "due": iso(self.due_ms, UTC),
+            "at_ms": self.at_ms,
+            "due_ms": self.due_ms,
+            "episode": self.episode,
+            "key": self.key,
+            "template": self.template,
+            "coupon": self.coupon,
+            "sender_name": self.sender_name,
+            "cap_exempt": self.cap_exempt,
+        }
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Decision:
+        return cls(
+            member_id=data["member_id"],
+            rule_id=data["rule"],
+            kind=data["kind"],
+            status=data["status"],
+            reason=data.get("reason", ""),
+            products=tuple(data.get("products", ())),
+            due_ms=int(data["due_ms"]),
+            at_ms=int(data["at_ms"]),
+            episode=data["episode"],
+            template=data["template"],
+            coupon=data.get("coupon"),
+            sender_name=data.get("sender_name"),
+            cap_exempt=bool(data.get("cap_exempt", False)),
+        )

@@ -1,0 +1,97 @@
+"""Typed input records of the SPEC §1 contract, after parsing and validation.
+
+Times are integer epoch milliseconds (UTC) everywhere in the core. Money is yen as ``float`` where a
+storefront may send fractional values; quantities and stock are ``int``. Records are immutable.
+``kagoflow.streams.contract`` turns raw Kafka/JSONL bytes into these (or a ``ContractError``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+BeaconType = Literal["view", "cart_add", "cart_remove", "favorite_add", "favorite_remove", "purchase", "page_view"]
+BEACON_TYPES: frozenset[str] = frozenset(
+    {"view", "cart_add", "cart_remove", "favorite_add", "favorite_remove", "purchase", "page_view"}
+)
+PRODUCT_BEACON_TYPES: frozenset[str] = frozenset(
+    {"view", "cart_add", "cart_remove", "favorite_add", "favorite_remove"}
+)
+Device = Literal["pc", "smartphone", "mobile"]
+DEVICES: frozenset[str] = frozenset({"pc", "smartphone", "mobile"})
+
+
+@dataclass(frozen=True, slots=True)
+class Beacon:
+    """One storefront action (topic ``beacons``, key = member id)."""
+
+    event_id: str
+    member_id: str
+    type: BeaconType
+    ts: int
+    product_id: str | None = None
+    price: float | None = None
+    quantity: int | None = None
+    device: Device | None = None
+    shop_id: str = "default"
+    product_ids: tuple[str, ...] = ()
+    """``purchase`` only: the purchased products (may be empty when ``order_id`` is given)."""
+    order_id: str | None = None
+    """``purchase`` only."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdate:
+    """A member profile upsert (topic ``members``). ``None`` fields were absent and keep their old value."""
+
+    member_id: str
+    ts: int
+    email: str | None = None
+    opt_in: bool | None = None
+    name: str | None = None
+    device: Device | None = None
+    locale: str | None = None
+    purchase_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogUpdate:
+    """A product master upsert (topic ``catalog``, key = product id)."""
+
+    product_id: str
+    ts: int
+    price: float
+    stock: int
+    name: str | None = None
+    url: str | None = None
+    image_url: str | None = None
+    on_sale: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderItem:
+    product_id: str
+    quantity: int
+    price: float
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """An order status change (topic ``orders``, key = member id). ``ts`` = the record's own time."""
+
+    order_id: str
+    member_id: str
+    status: str
+    ts: int
+    ordered_at: int
+    shipped_at: int | None = None
+    delivered_at: int | None = None
+    items: tuple[OrderItem, ...] = ()
+    coupon: str | None = None
+    total: float | None = None
+
+
+Record = Beacon | MemberUpdate | CatalogUpdate | OrderUpdate
+
+# SPEC §11: records with equal ts are processed members, catalog, orders, beacons, then input order.
+RECORD_ORDER: dict[type, int] = {MemberUpdate: 0, CatalogUpdate: 1, OrderUpdate: 2, Beacon: 3}

@@ -1,0 +1,116 @@
+"""One settings object for every process, read from ``KAGOFLOW_*`` environment variables.
+
+Every field has a default that matches the local stack started by ``infra/stack`` so that a fresh
+checkout works without configuration. ``Settings.from_env()`` is the only place that reads the
+environment; everything else receives a ``Settings`` instance.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """All knobs of kagoflow. Environment variable = ``KAGOFLOW_`` + field name upper-cased."""
+
+    # -- Kafka ---------------------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    """Comma-separated bootstrap servers."""
+    partitions: int = 4
+    """Partition count of the input topics (and of every co-partitioned internal topic)."""
+    app_id: str = "kagoflow"
+    """Faust application id = consumer group id; prefix of changelog topic names."""
+    # -- Redis (caps, send ledger, suppression list) --------------------------------------------
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    # -- ClickHouse archive ----------------------------------------------------------------------
+    clickhouse_host: str = "127.0.0.1"
+    clickhouse_port: int = 19000
+    """Native-protocol TCP port."""
+    clickhouse_http_port: int = 18123
+    clickhouse_database: str = "kagoflow"
+    archive_batch_rows: int = 20000
+    """An archive batch is inserted when it holds this many rows ..."""
+    archive_batch_seconds: float = 2.0
+    """... or when its oldest row has waited this long."""
+    # -- SMTP delivery ---------------------------------------------------------------------------
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 10025
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_pool_size: int = 4
+    smtp_rate_per_second: float = 0.0
+    """Per-shop mail rate limit in mails/s; 0 = unlimited."""
+    mail_from_address: str = "shop@example.com"
+    mail_sender_name: str = "kagoflow shop"
+    # -- Rules, templates, tracking --------------------------------------------------------------
+    rules_dir: Path = PROJECT_ROOT / "rules"
+    templates_dir: Path = PROJECT_ROOT / "templates"
+    tracking_secret: str = "change-me-in-production"
+    """HMAC key of open/click/unsubscribe tokens."""
+    public_base_url: str = "http://127.0.0.1:16066"
+    """Base URL of the worker's web server as mail recipients reach it (pixel, redirect, unsubscribe)."""
+    shop_domains: tuple[str, ...] = ("shop.example.com",)
+    """Click redirects only go to URLs on these hosts."""
+    # -- Worker ----------------------------------------------------------------------------------
+    web_port: int = 16066
+    web_host: str = "127.0.0.1"
+    data_dir: Path = PROJECT_ROOT / ".kagoflow"
+    """Faust table stores (RocksDB) and other worker-local data."""
+    state_flush_seconds: float = 3.0
+    """Changed member state is written to its table at most once per this interval per partition."""
+    rocksdb_block_cache_mb: int = 64
+    rocksdb_write_buffer_mb: int = 16
+    min_delay_seconds: int = 15 * 60
+    """Floor of abandonment delays; lower it only for demos (``KAGOFLOW_MIN_DELAY_SECONDS``)."""
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``KAGOFLOW_*`` variables; unknown values raise ``ValueError`` naming them."""
+        source = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = f"KAGOFLOW_{f.name.upper()}"
+            if name not in source:
+                continue
+            raw = source[name]
+            kind = type(getattr(_DEFAULTS, f.name))
+            try:
+                values[f.name] = _convert(kind, raw)
+            except ValueError as exc:
+                raise ValueError(f"{name}={raw!r}: {exc}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _convert(kind: type, raw: str) -> object:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError("expected true/false")
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    if kind is tuple:
+        return _split(raw)
+    if issubclass(kind, Path):
+        return Path(raw)
+    return raw
+
+
+_DEFAULTS = Settings()
+__all__ = ["PROJECT_ROOT", "Settings"]
