@@ -28,6 +28,12 @@ class Settings:
     """Comma-separated bootstrap servers."""
     partitions: int = 4
     """Partition count of the input topics (and of every co-partitioned internal topic)."""
+    topic_prefix: str = ""
+    """Prefix of every topic name, so several deployments or test runs can share one cluster."""
+    create_topics: bool = True
+    """Create missing topics (SPEC §1 inputs, DLQs, internal topics) at worker start."""
+    replication_factor: int = 1
+    """Replication factor of the topics the worker creates (changelogs); 3 on a production cluster."""
     app_id: str = "kagoflow"
     """Faust application id = consumer group id; prefix of changelog topic names."""
     # -- Redis (caps, send ledger, suppression list) --------------------------------------------
@@ -42,6 +48,8 @@ class Settings:
     """An archive batch is inserted when it holds this many rows ..."""
     archive_batch_seconds: float = 2.0
     """... or when its oldest row has waited this long."""
+    archive_enabled: bool = True
+    """Run the ClickHouse archiver inside the worker (else run ``python -m kagoflow.archive`` apart)."""
     # -- SMTP delivery ---------------------------------------------------------------------------
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 10025
@@ -53,6 +61,14 @@ class Settings:
     """Per-shop mail rate limit in mails/s; 0 = unlimited."""
     mail_from_address: str = "shop@example.com"
     mail_sender_name: str = "kagoflow shop"
+    shop_url: str = "https://shop.example.com/"
+    """Shop top page linked from every mail (must be on one of ``shop_domains``)."""
+    smtp_timeout_seconds: float = 30.0
+    """Per-command SMTP timeout; a command that times out counts as a lost connection."""
+    smtp_retry_seconds: float = 300.0
+    """How long one mail keeps being retried after temporary (4xx / connection) failures before giving up."""
+    mail_unsubscribe_mailto: str = ""
+    """Optional address added to ``List-Unsubscribe`` as a ``mailto:`` alternative; empty = none."""
     # -- Rules, templates, tracking --------------------------------------------------------------
     rules_dir: Path = PROJECT_ROOT / "rules"
     templates_dir: Path = PROJECT_ROOT / "templates"

@@ -1,0 +1,183 @@
+"""The Faust application: topics, tables, agents, the tick timer and the worker's services.
+
+Built by ``create_app(settings)`` rather than at import time, so tests and benchmarks can build an app
+against their own topics and settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import orjson
+from faust.types import TP
+
+from kagoflow.adapters.catalog_follower import CatalogFollower
+from kagoflow.agents.catalog import make_catalog_agent
+from kagoflow.agents.delivery import make_delivery_agent
+from kagoflow.agents.member import MemberProcessor, wall_clock_ms
+from kagoflow.agents.tables import rocksdb_options
+from kagoflow.agents.web import add_routes
+from kagoflow.core.behaviour import MemberState, profile_snapshot
+from kagoflow.core.engine import Engine
+from kagoflow.core.rules import RuleSet, load_rules
+from kagoflow.settings import Settings
+from kagoflow.streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class FaustOutbox:
+    """``Outbox`` over Faust's producer (so produced records share the app's producer and flushing)."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._topics: dict[str, Any] = {}
+
+    def _topic(self, name: str) -> Any:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = self._app.topic(name, key_serializer="raw", value_serializer="raw")
+        return topic
+
+    async def send(self, topic: str, *, key: bytes | None, value: bytes, partition: int | None = None) -> Any:
+        return await self._topic(topic).send(key=key, value=value, partition=partition)
+
+
+@dataclass
+class Kagoflow:
+    """Everything a running worker holds, for the web views and tests."""
+
+    app: faust.App
+    settings: Settings
+    ruleset: RuleSet
+    processor: MemberProcessor
+    catalog: CatalogFollower
+    member_table: Any
+
+
+def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflow:
+    from kagoflow.adapters.redis_store import RedisCapStore
+
+    if ruleset is None:
+        ruleset = load_rules(settings.rules_dir, templates_dir=settings.templates_dir,
+                             min_delay_seconds=settings.min_delay_seconds)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
+        store="rocksdb://",
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        table_standby_replicas=0,
+        stream_wait_empty=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=30.0,
+        broker_heartbeat_interval=3.0,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        key_serializer="raw",
+        value_serializer="raw",
+        logging_config=None,
+    )
+    member_table = app.Table(
+        "member-state",
+        partitions=settings.partitions,
+        key_serializer="raw",
+        value_serializer="raw",
+        options=rocksdb_options(settings),
+    )
+    catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone,
+                              topic=Topics(settings.topic_prefix).catalog)
+    outbox = FaustOutbox(app)
+    import redis.asyncio as aioredis
+
+    redis = aioredis.from_url(settings.redis_url)
+
+    def scan() -> Iterator[MemberState]:
+        for _, raw in member_table.items():
+            if raw is not None:
+                yield MemberState.from_bytes(raw)
+
+    names = Topics(settings.topic_prefix)
+    processor = MemberProcessor(
+        names=names,
+        engine=Engine(ruleset),
+        ruleset=ruleset,
+        table=member_table,
+        catalog=catalog,
+        caps=RedisCapStore(redis),
+        outbox=outbox,
+        flush_interval_ms=int(settings.state_flush_seconds * 1000),
+        profile_of=profile_snapshot,
+        scan=scan,
+    )
+    member_topics = app.topic(
+        names.beacons, names.members, names.orders, names.ticks, names.catalog_events,
+        key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+    )
+    ticks = app.topic(names.ticks, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    kf = Kagoflow(app=app, settings=settings, ruleset=ruleset, processor=processor, catalog=catalog,
+                  member_table=member_table)
+
+    @app.agent(member_topics, name="kagoflow-members")
+    async def member_agent(stream: faust.StreamT[bytes]) -> None:
+        await catalog.caught_up.wait()
+        async for event in stream.noack().events():
+            message = event.message
+            await processor.on_event(
+                topic=message.topic, partition=message.partition, key=message.key, value=message.value,
+                timestamp_ms=int(message.timestamp * 1000), offset=message.offset, event=event,
+            )
+
+    @app.timer(1.0, on_leader=True)
+    async def produce_ticks() -> None:
+        value = orjson.dumps({"now_ms": wall_clock_ms()})
+        for partition in range(settings.partitions):
+            await ticks.send(value=value, partition=partition)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
+        processor.revoke({tp.partition for tp in revoked if tp.topic == names.beacons})
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
+        processor.assign({tp.partition for tp in assigned if tp.topic == names.beacons})
+
+    @app.task
+    async def start_services() -> None:
+        await catalog.start()
+        if settings.archive_enabled:
+            from kagoflow.archive.archiver import Archiver
+
+            archiver = Archiver(settings)
+            await archiver.start()
+            app.add_future(archiver.run())
+
+    make_catalog_agent(app, settings=settings, ruleset=ruleset, outbox=outbox)
+    make_delivery_agent(app, settings=settings, catalog=catalog, redis=redis)
+    add_routes(kf)
+    return kf
+
+
+def run_worker(settings: Settings) -> int:
+    """Run the worker until interrupted (``kagoflow worker``)."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if settings.create_topics:
+        from kagoflow.adapters.kafka_admin import ensure_topics
+
+        asyncio.run(ensure_topics(bootstrap=settings.kafka_bootstrap, names=Topics(settings.topic_prefix).all(),
+                                  partitions=settings.partitions, replication=settings.replication_factor))
+    kf = create_app(settings)
+    worker = faust.Worker(kf.app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,297 @@
+"""The member agent's event handling: one stream over every member-keyed topic of a partition.
+
+Beacons, profile updates, orders, ticks and catalog triggers of partition ``p`` arrive in one stream, so
+member state is read and written only while an event of its own partition is current (Faust's rule for
+table writes), and due mails fire from inside stream processing (tables cannot be written from timers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from kagoflow.core import pricewatch
+from kagoflow.core.behaviour import MemberState
+from kagoflow.core.caps import CapStore, apply_caps
+from kagoflow.core.catalog import CatalogLookup, PriceTrigger
+from kagoflow.core.decisions import Decision
+from kagoflow.core.engine import Engine
+from kagoflow.core.errors import ContractError
+from kagoflow.core.events import Beacon, MemberUpdate, OrderUpdate
+from kagoflow.core.rules import RuleSet
+from kagoflow.core.watchindex import WatchIndex
+from kagoflow.streams import contract
+from kagoflow.streams.topics import Topics, dlq
+from kagoflow.worker.book import PartitionBook, StateCache
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class StateTable(Protocol):
+    """The slice of a Faust table the agent uses (raw bytes in, raw bytes out)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def __setitem__(self, key: bytes, value: bytes) -> None: ...
+
+
+class Outbox(Protocol):
+    """Where the agent sends records; returns an awaitable that completes when Kafka has them."""
+
+    async def send(self, topic: str, *, key: bytes | None, value: bytes, partition: int | None = None) -> Awaitable[Any]:
+        ...
+
+
+class Ackable(Protocol):
+    def ack(self) -> bool: ...
+
+
+@dataclass
+class Metrics:
+    events: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    flushes: int = 0
+    states_written: int = 0
+    fire_lag_ms: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "duplicates": self.duplicates,
+            "dead_letters": self.dead_letters,
+            "decisions": dict(self.decisions),
+            "flushes": self.flushes,
+            "states_written": self.states_written,
+        }
+
+
+class MemberProcessor:
+    """Feeds one partition-interleaved stream into the engine and carries out its decisions."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        ruleset: RuleSet,
+        table: StateTable,
+        catalog: CatalogLookup,
+        caps: CapStore,
+        outbox: Outbox,
+        flush_interval_ms: int,
+        cache_capacity: int = 200_000,
+        clock: Clock = wall_clock_ms,
+        profile_of: Callable[[MemberState], dict[str, Any] | None],
+        scan: Callable[[], Iterable[MemberState]],
+        names: Topics,
+    ) -> None:
+        self.engine = engine
+        self.ruleset = ruleset
+        self.table = table
+        self.catalog = catalog
+        self.caps = caps
+        self.outbox = outbox
+        self.flush_interval_ms = flush_interval_ms
+        self.clock = clock
+        self.profile_of = profile_of
+        self.scan = scan
+        self.names = names
+        self.cache: StateCache[MemberState] = StateCache(
+            capacity=cache_capacity, load=self._load, new=MemberState.new
+        )
+        self.books: dict[int, PartitionBook[MemberState, Ackable]] = {}
+        self.indexes: dict[int, WatchIndex] = {}
+        self.unindexed: set[int] = set()
+        self.in_flight: list[Awaitable[Any]] = []
+        self.metrics = Metrics()
+
+    # -- table access ----------------------------------------------------------------------------
+    def _load(self, member_id: str) -> MemberState | None:
+        raw = self.table.get(member_id.encode())
+        return MemberState.from_bytes(raw) if raw is not None else None
+
+    def book(self, partition: int) -> PartitionBook[MemberState, Ackable]:
+        book = self.books.get(partition)
+        if book is None:
+            book = self.books[partition] = PartitionBook(partition=partition, last_flush_ms=self.clock())
+        return book
+
+    # -- entry point -------------------------------------------------------------------------------
+    async def on_event(self, *, topic: str, partition: int, key: bytes | None, value: bytes, timestamp_ms: int,
+                       offset: int, event: Ackable) -> None:
+        """Handle one record; never raises on data (bad records go to ``<topic>.dlq``)."""
+        book = self.book(partition)
+        if self.unindexed:
+            self.rebuild()
+        book.pending_acks.append(event)
+        self.metrics.events += 1
+        now = self.clock()
+        decisions: list[Decision] = []
+        try:
+            kind = self.names.kind(topic)
+            if kind == "kagoflow-ticks":
+                pass
+            elif kind == "kagoflow-catalog-events":
+                decisions += self._on_trigger(partition, value)
+            else:
+                decisions += self._on_member_record(kind, value, timestamp_ms, partition)
+        except ContractError as exc:
+            await self._dead_letter(topic, partition, offset, value, exc.reason)
+        except Exception as exc:  # a bug must not kill the worker or lose the record: park it
+            log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
+            await self._dead_letter(topic, partition, offset, value, f"internal: {type(exc).__name__}: {exc}")
+        decisions += self._fire_due(partition, now)
+        if decisions:
+            await self._emit(decisions)
+        if book.flush_due(now, self.flush_interval_ms):
+            await self.flush(partition, now)
+
+    # -- record kinds ------------------------------------------------------------------------------
+    def _on_member_record(self, kind: str, value: bytes, timestamp_ms: int, partition: int) -> list[Decision]:
+        record: Beacon | MemberUpdate | OrderUpdate
+        if kind == "beacons":
+            record = contract.parse_beacon(value)
+        elif kind == "members":
+            record = contract.parse_member(value, default_ts=timestamp_ms)
+        elif kind == "orders":
+            record = contract.parse_order(value, default_ts=timestamp_ms)
+        else:
+            raise ContractError(f"topic: not a member topic {kind!r}")
+        state = self.cache.get(record.member_id)
+        if isinstance(record, Beacon) and state.seen_event(record.event_id):
+            self.metrics.duplicates += 1
+            return []
+        touched = self._touched_products(state, record)
+        decisions = self.engine.handle(state, record, catalog=self.catalog)
+        self._after_change(partition, state, touched)
+        return decisions
+
+    def _touched_products(self, state: MemberState, record: Beacon | MemberUpdate | OrderUpdate) -> set[str]:
+        if isinstance(record, Beacon):
+            if record.type == "purchase":
+                return set(state.products)
+            return {record.product_id} if record.product_id else set()
+        return set()
+
+    def _on_trigger(self, partition: int, value: bytes) -> list[Decision]:
+        trigger = PriceTrigger.from_json(orjson.loads(value))
+        rule = self.ruleset.by_id.get(trigger.rule_id)
+        if rule is None:
+            return []
+        index = self.indexes.setdefault(partition, WatchIndex())
+        member_ids = list(index.members(trigger.product_id, rule.watch))  # type: ignore[attr-defined]
+        for member_id in member_ids:
+            state = self.cache.get(member_id)
+            if pricewatch.on_trigger(state, trigger, rule):  # type: ignore[arg-type]
+                self._after_change(partition, state, set())
+        return []
+
+    def _after_change(self, partition: int, state: MemberState, touched: set[str]) -> None:
+        state.partition = partition
+        book = self.books[partition]
+        book.dirty.add(state.member_id)
+        self.cache.pin(state.member_id)
+        book.schedule(self.engine.next_due(state), state.member_id)
+        if touched:
+            index = self.indexes.setdefault(partition, WatchIndex())
+            for product_id in touched:
+                index.update(state.member_id, product_id, state.product_state(product_id))
+
+    def _fire_due(self, partition: int, now: int) -> list[Decision]:
+        book = self.books[partition]
+        decisions: list[Decision] = []
+        for member_id in book.pop_due(now):
+            state = self.cache.get(member_id)
+            due = self.engine.next_due(state)
+            if due is None or due > now:
+                book.schedule(due, member_id)
+                continue
+            fired = self.engine.tick(state, now, catalog=self.catalog)
+            for decision in fired:
+                self.metrics.fire_lag_ms.append(decision.at_ms - decision.due_ms)
+            decisions += fired
+            self._after_change(partition, state, set(state.products))
+        return decisions
+
+    # -- effects -----------------------------------------------------------------------------------
+    async def _emit(self, decisions: list[Decision]) -> None:
+        shop = self.ruleset.shop
+        final = await apply_caps(decisions, self.caps, limits=shop.caps, tz=shop.timezone)
+        for decision in final:
+            self.metrics.decisions[decision.status] = self.metrics.decisions.get(decision.status, 0) + 1
+            payload = decision.to_json()
+            if decision.status == "sent":
+                state = self.cache.peek(decision.member_id)
+                payload["profile"] = self.profile_of(state) if state is not None else None
+            self.in_flight.append(
+                await self.outbox.send(self.names.mail_decisions, key=decision.member_id.encode(), value=orjson.dumps(payload))
+            )
+
+    async def _dead_letter(self, topic: str, partition: int, offset: int, value: bytes, reason: str) -> None:
+        self.metrics.dead_letters += 1
+        envelope = contract.dlq_envelope(topic, partition, offset, value, reason)
+        self.in_flight.append(await self.outbox.send(dlq(topic), key=None, value=envelope))
+
+    async def flush(self, partition: int, now: int) -> None:
+        """Write the partition's changed members once, wait for produced records, then ack its events."""
+        book = self.books[partition]
+        for member_id in book.dirty:
+            state = self.cache.peek(member_id)
+            if state is not None:
+                self.table[member_id.encode()] = state.to_bytes()
+            self.cache.unpin(member_id)
+        self.metrics.states_written += len(book.dirty)
+        book.dirty.clear()
+        pending, self.in_flight = self.in_flight, []
+        for fut in pending:
+            await fut
+        for event in book.pending_acks:
+            event.ack()
+        book.pending_acks.clear()
+        book.last_flush_ms = now
+        self.metrics.flushes += 1
+
+    # -- rebalance ---------------------------------------------------------------------------------
+    def assign(self, partitions: set[int]) -> None:
+        """Newly assigned partitions get their due heaps and watch indexes rebuilt at the next event."""
+        self.unindexed |= partitions
+
+    def rebuild(self) -> None:
+        """One scan of the stored states rebuilds the due heaps and watch indexes of new partitions."""
+        partitions, self.unindexed = self.unindexed, set()
+        started = time.monotonic()
+        count = 0
+        for partition in partitions:
+            self.book(partition).due.clear()
+            self.indexes[partition] = WatchIndex()
+        for state in self.scan():
+            partition = state.partition
+            if partition not in partitions:
+                continue
+            count += 1
+            self.books[partition].schedule(self.engine.next_due(state), state.member_id)
+            index = self.indexes[partition]
+            for product_id in state.products:
+                index.update(state.member_id, product_id, state.product_state(product_id))
+        log.info("rebuilt due heaps and watch indexes of partitions %s from %d members in %.2fs",
+                 sorted(partitions), count, time.monotonic() - started)
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Forget revoked partitions: their unacked events are replayed by the new owner."""
+        for partition in partitions:
+            self.books.pop(partition, None)
+            self.indexes.pop(partition, None)
+            self.unindexed.discard(partition)
+        self.cache.drop_where(lambda state: state.partition in partitions)

@@ -1,0 +1,113 @@
+"""HTTP views of the worker: member state and access log, products, health and metrics.
+
+Member views are routed by Faust's ``table_route`` to the worker that owns the member's partition, so any
+worker can be asked. Tracking routes (open pixel, click redirect, unsubscribe) are mounted from
+``kagoflow.web.tracking`` on the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.web import Request, Response, View
+
+from kagoflow.core.behaviour import MemberState, current_products, profile_snapshot
+
+if TYPE_CHECKING:
+    from kagoflow.agents.app import Kagoflow
+
+ACTION_STATE = {"cart_add": "cart", "favorite_add": "favorite", "view": "view"}
+
+
+def _ms(request: Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw in (None, ""):
+        return None
+    from kagoflow.streams.contract import parse_ts
+
+    return parse_ts(raw, field=name)
+
+
+def member_document(state: MemberState) -> dict[str, Any]:
+    return {
+        "member_id": state.member_id,
+        "profile": profile_snapshot(state),
+        "last_access_ms": state.last_access_ms,
+        "device": state.device,
+        "products": current_products(state),
+    }
+
+
+def add_routes(kf: Kagoflow) -> None:
+    app: faust.App = kf.app
+
+    def state_of(member_id: str) -> MemberState | None:
+        return kf.processor.cache.peek(member_id)
+
+    @app.page("/api/members/{member_id}")
+    class MemberView(View):
+        @app.table_route(table=kf.member_table, match_info="member_id")
+        async def get(self, request: Request, member_id: str) -> Response:
+            state = state_of(member_id)
+            if state is None:
+                return self.json({"error": "unknown member"}, status=404)
+            return self.json(member_document(state))
+
+    @app.page("/api/members/{member_id}/log")
+    class AccessLogView(View):
+        """Access log (seed 000 §2): current state per product + action history from ClickHouse."""
+
+        @app.table_route(table=kf.member_table, match_info="member_id")
+        async def get(self, request: Request, member_id: str) -> Response:
+            from kagoflow.core.errors import ContractError
+
+            try:
+                since, until = _ms(request, "from"), _ms(request, "to")
+            except ContractError as exc:
+                return self.json({"error": exc.reason}, status=400)
+            product = request.query.get("product") or None
+            kind = request.query.get("type") or None
+            top_only = request.query.get("top_only", "") in {"1", "true", "yes"}
+            state = state_of(member_id)
+            history = await _history(kf, member_id=member_id, since=since, until=until, product=product, kind=kind)
+            for row in history:
+                current = state.product_state(row["product_id"]) if state and row.get("product_id") else None
+                row["is_top"] = current is not None and ACTION_STATE.get(row["type"]) == current
+            if top_only:
+                history = [row for row in history if row["is_top"]]
+            return self.json({
+                "member_id": member_id,
+                "current": current_products(state) if state else [],
+                "history": history,
+            })
+
+    @app.page("/api/products/{product_id}")
+    class ProductView(View):
+        async def get(self, request: Request, product_id: str) -> Response:
+            info = kf.catalog.get(product_id)
+            if info is None:
+                return self.json({"error": "unknown product"}, status=404)
+            return self.json(info.to_json())
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "catalog_ready": kf.catalog.caught_up.is_set()})
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"members": kf.processor.metrics.as_dict(), "products": len(kf.catalog.products)})
+
+
+async def _history(kf: Kagoflow, **query: Any) -> list[dict[str, Any]]:
+    from kagoflow.adapters.clickhouse import ClickHouseArchive
+    from kagoflow.archive.queries import history
+
+    archive = ClickHouseArchive.from_settings(kf.settings)
+    return await asyncio.to_thread(
+        history, archive, member_id=query["member_id"], since_ms=query["since"], until_ms=query["until"],
+        product_id=query["product"], type=query["kind"],
+    )

@@ -1,0 +1,1 @@
+"""Adapters: each outside system (Kafka, Redis, ClickHouse, SMTP) behind one narrow interface."""

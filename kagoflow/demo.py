@@ -1,0 +1,85 @@
+"""Sample data for the local demo: a few members with profiles, a small catalog and their sessions.
+
+Produced with ``ts`` = now so the demo rules (short delays, ``rules/demo``) fire within a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import orjson
+
+from kagoflow.settings import Settings
+from kagoflow.streams.topics import Topics
+
+NAMES = ["佐藤 花子", "鈴木 一郎", "高橋 美咲", "田中 健", "伊藤 さくら", "渡辺 翔", "山本 陽菜", "中村 蓮"]
+PRODUCTS = [
+    ("sku-tea-01", "静岡 深蒸し煎茶 100g", 1280),
+    ("sku-cup-02", "有田焼 湯呑み 藍", 3200),
+    ("sku-bag-03", "帆布トートバッグ 生成り", 4800),
+    ("sku-pen-04", "真鍮ボールペン", 2600),
+    ("sku-towel-05", "今治タオル フェイス 2枚組", 1980),
+    ("sku-soap-06", "京都 米ぬか石鹸", 880),
+]
+
+
+def sample_records(*, members: int, now_ms: int, prefix: str = "", seed: int = 7) -> list[tuple[str, str, dict[str, Any]]]:
+    """(topic, key, value) in production order: catalog, profiles, then every member's session."""
+    rng = random.Random(seed)
+    topics = Topics(prefix)
+    records: list[tuple[str, str, dict[str, Any]]] = []
+    for product_id, name, price in PRODUCTS:
+        records.append((topics.catalog, product_id, {
+            "product_id": product_id, "name": name, "price": price, "stock": 20, "ts": now_ms - 60_000,
+            "url": f"https://shop.example.com/products/{product_id}",
+            "image_url": f"https://shop.example.com/images/{product_id}.jpg",
+        }))
+    for i in range(members):
+        member_id = f"m{i:04d}"
+        records.append((topics.members, member_id, {
+            "member_id": member_id, "email": f"{member_id}@example.com", "opt_in": i % 7 != 6,
+            "name": NAMES[i % len(NAMES)], "device": rng.choice(["pc", "smartphone"]), "locale": "ja-JP",
+            "purchase_count": i % 3, "ts": now_ms - 30_000,
+        }))
+    for i in range(members):
+        member_id = f"m{i:04d}"
+        ts = now_ms - rng.randint(0, 5_000)
+        picks = rng.sample(PRODUCTS, k=3)
+        actions = [("view", picks[0]), ("view", picks[1]), ("view", picks[2])]
+        if i % 3 == 0:
+            actions.append(("cart_add", picks[0]))
+        elif i % 3 == 1:
+            actions.append(("favorite_add", picks[1]))
+        for n, (kind, (product_id, _, price)) in enumerate(actions):
+            ts += rng.randint(200, 1_500)
+            records.append((topics.beacons, member_id, {
+                "event_id": f"demo-{now_ms}-{i}-{n}", "member_id": member_id, "type": kind, "ts": ts,
+                "product_id": product_id, "price": price, "quantity": 1, "device": "pc",
+            }))
+    return records
+
+
+async def _produce(settings: Settings, records: list[tuple[str, str, dict[str, Any]]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for topic, key, value in records:
+            await producer.send(topic, key=key.encode(), value=orjson.dumps(value))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def produce_sample(settings: Settings, *, members: int) -> int:
+    records = sample_records(members=members, now_ms=time.time_ns() // 1_000_000, prefix=settings.topic_prefix)
+    asyncio.run(_produce(settings, records))
+    counts: dict[str, int] = {}
+    for topic, _, _ in records:
+        counts[topic] = counts.get(topic, 0) + 1
+    print("produced " + ", ".join(f"{n} {topic}" for topic, n in counts.items()))
+    return 0

@@ -1,0 +1,108 @@
+"""Per-partition bookkeeping of the member agent.
+
+Why this exists: a Faust table write is only legal while an event *of the same partition* is being
+processed (the store and the changelog partition come from the current event). So the worker keeps
+changed member state in memory, and writes each changed member once per flush interval, at a moment
+when it handles an event (a beacon or a tick) of that member's partition. Offsets of the events that
+produced the change are acknowledged only after that write, so a crash replays them.
+
+Due times live in a heap per partition. Heap entries can be stale (a due time moved); the caller checks
+the member's current ``next_due`` when popping, so no entry has to be removed eagerly.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+S = TypeVar("S")
+E = TypeVar("E")
+
+
+@dataclass(slots=True)
+class PartitionBook(Generic[S, E]):
+    """What one partition owes: dirty members to write, events to ack, due times to fire."""
+
+    partition: int
+    dirty: set[str] = field(default_factory=set)
+    pending_acks: list[E] = field(default_factory=list)
+    due: list[tuple[int, str]] = field(default_factory=list)
+    last_flush_ms: int = 0
+
+    def schedule(self, due_ms: int | None, member_id: str) -> None:
+        if due_ms is not None:
+            heapq.heappush(self.due, (due_ms, member_id))
+
+    def pop_due(self, now_ms: int) -> Iterator[str]:
+        """Member ids with a heap entry due at or before ``now_ms`` (each at most once per call)."""
+        seen: set[str] = set()
+        while self.due and self.due[0][0] <= now_ms:
+            _, member_id = heapq.heappop(self.due)
+            if member_id not in seen:
+                seen.add(member_id)
+                yield member_id
+
+    def next_due_ms(self) -> int | None:
+        return self.due[0][0] if self.due else None
+
+    def flush_due(self, now_ms: int, interval_ms: int) -> bool:
+        return bool(self.dirty or self.pending_acks) and now_ms - self.last_flush_ms >= interval_ms
+
+
+class StateCache(Generic[S]):
+    """A bounded LRU of decoded member states; dirty states are pinned until written.
+
+    ``load`` decodes from the table on a miss; ``None`` means the member is new.
+    """
+
+    def __init__(self, *, capacity: int, load: Callable[[str], S | None], new: Callable[[str], S]) -> None:
+        self._capacity = capacity
+        self._load = load
+        self._new = new
+        self._states: OrderedDict[str, S] = OrderedDict()
+        self._pinned: set[str] = set()
+
+    def get(self, member_id: str) -> S:
+        state = self._states.get(member_id)
+        if state is not None:
+            self._states.move_to_end(member_id)
+            return state
+        loaded = self._load(member_id)
+        state = loaded if loaded is not None else self._new(member_id)
+        self._states[member_id] = state
+        self._evict()
+        return state
+
+    def peek(self, member_id: str) -> S | None:
+        """The cached or stored state, without creating a new one."""
+        state = self._states.get(member_id)
+        return state if state is not None else self._load(member_id)
+
+    def pin(self, member_id: str) -> None:
+        self._pinned.add(member_id)
+
+    def unpin(self, member_id: str) -> None:
+        self._pinned.discard(member_id)
+
+    def drop_where(self, predicate: Callable[[S], bool]) -> None:
+        """Forget (also pinned) states matching ``predicate`` — used for revoked partitions."""
+        for member_id in [m for m, state in self._states.items() if predicate(state)]:
+            del self._states[member_id]
+            self._pinned.discard(member_id)
+
+    def _evict(self) -> None:
+        excess = len(self._states) - self._capacity
+        if excess <= 0:
+            return
+        for member_id in list(self._states):
+            if excess <= 0:
+                break
+            if member_id not in self._pinned:
+                del self._states[member_id]
+                excess -= 1
+
+    def __len__(self) -> int:
+        return len(self._states)

@@ -1,0 +1,34 @@
+from kagoflow.worker.book import PartitionBook, StateCache
+
+
+def test_pop_due_yields_each_member_once_and_keeps_later_entries() -> None:
+    book: PartitionBook[str, object] = PartitionBook(partition=0)
+    book.schedule(100, "a")
+    book.schedule(50, "b")
+    book.schedule(80, "a")  # a moved earlier; the stale 100 entry stays in the heap
+    book.schedule(300, "c")
+    book.schedule(None, "d")
+    assert list(book.pop_due(100)) == ["b", "a"]
+    assert book.next_due_ms() == 300
+
+
+def test_flush_due_needs_work_and_elapsed_interval() -> None:
+    book: PartitionBook[str, object] = PartitionBook(partition=0, last_flush_ms=1_000)
+    assert not book.flush_due(10_000, 3_000)  # nothing to write
+    book.dirty.add("a")
+    assert not book.flush_due(3_999, 3_000)
+    assert book.flush_due(4_000, 3_000)
+
+
+def test_cache_evicts_least_recent_unpinned_and_loads_on_miss() -> None:
+    stored = {"x": "stored-x"}
+    cache: StateCache[str] = StateCache(capacity=2, load=stored.get, new=lambda m: f"new-{m}")
+    assert cache.get("x") == "stored-x"
+    assert cache.get("y") == "new-y"
+    cache.pin("x")
+    cache.get("y")
+    assert cache.get("z") == "new-z"  # evicts y (x is pinned although least recently used)
+    assert len(cache) == 2
+    assert cache.peek("y") is None  # gone from the cache, never stored
+    cache.drop_where(lambda state: state == "stored-x")
+    assert len(cache) == 1
