@@ -17,15 +17,20 @@ import orjson
 from faust.types import TP
 
 from kagoflow.adapters.catalog_follower import CatalogFollower
+from kagoflow.adapters.engagement import KafkaEngagementSink
+from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.agents.catalog import make_catalog_agent
 from kagoflow.agents.delivery import make_delivery_agent
 from kagoflow.agents.member import MemberProcessor, wall_clock_ms
 from kagoflow.agents.tables import rocksdb_options
 from kagoflow.agents.web import add_routes
-from kagoflow.core.behaviour import MemberState, profile_snapshot
+from kagoflow.agents.member import profile_snapshot
+from kagoflow.core.behaviour import MemberState
 from kagoflow.core.engine import Engine
 from kagoflow.core.rules import RuleSet, load_rules
+from kagoflow.mail.delivery import Deliverer
 from kagoflow.settings import Settings
+from kagoflow.web.tracking import add_tracking_routes
 from kagoflow.streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -61,8 +66,6 @@ class Kagoflow:
 
 
 def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflow:
-    from kagoflow.adapters.redis_store import RedisCapStore
-
     if ruleset is None:
         ruleset = load_rules(settings.rules_dir, templates_dir=settings.templates_dir,
                              min_delay_seconds=settings.min_delay_seconds)
@@ -90,30 +93,30 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     member_table = app.Table(
         "member-state",
         partitions=settings.partitions,
-        key_serializer="raw",
-        value_serializer="raw",
+        key_type=bytes,
+        value_type=bytes,
         options=rocksdb_options(settings),
     )
+    names = Topics(settings.topic_prefix)
     catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone,
                               topic=Topics(settings.topic_prefix).catalog)
     outbox = FaustOutbox(app)
-    import redis.asyncio as aioredis
-
-    redis = aioredis.from_url(settings.redis_url)
+    store = RedisStore.from_url(settings.redis_url, prefix=f"{settings.app_id}:")
+    engagement = KafkaEngagementSink(settings, topic=names.engagement)
+    deliverer = Deliverer(settings, store=store, sink=engagement)
 
     def scan() -> Iterator[MemberState]:
         for _, raw in member_table.items():
             if raw is not None:
                 yield MemberState.from_bytes(raw)
 
-    names = Topics(settings.topic_prefix)
     processor = MemberProcessor(
         names=names,
         engine=Engine(ruleset),
         ruleset=ruleset,
         table=member_table,
         catalog=catalog,
-        caps=RedisCapStore(redis),
+        caps=store.caps,
         outbox=outbox,
         flush_interval_ms=int(settings.state_flush_seconds * 1000),
         profile_of=profile_snapshot,
@@ -154,6 +157,8 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     @app.task
     async def start_services() -> None:
         await catalog.start()
+        await engagement.start()
+        await deliverer.start()
         if settings.archive_enabled:
             from kagoflow.archive.archiver import Archiver
 
@@ -162,8 +167,9 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
             app.add_future(archiver.run())
 
     make_catalog_agent(app, settings=settings, ruleset=ruleset, outbox=outbox)
-    make_delivery_agent(app, settings=settings, catalog=catalog, redis=redis)
+    make_delivery_agent(app, settings=settings, catalog=catalog, store=store, deliverer=deliverer)
     add_routes(kf)
+    add_tracking_routes(app.web.web_app, settings=settings, sink=engagement, store=store)
     return kf
 
 
@@ -172,12 +178,17 @@ def run_worker(settings: Settings) -> int:
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     if settings.create_topics:
         from kagoflow.adapters.kafka_admin import ensure_topics
 
-        asyncio.run(ensure_topics(bootstrap=settings.kafka_bootstrap, names=Topics(settings.topic_prefix).all(),
-                                  partitions=settings.partitions, replication=settings.replication_factor))
+        loop.run_until_complete(ensure_topics(
+            bootstrap=settings.kafka_bootstrap, names=Topics(settings.topic_prefix).all(),
+            partitions=settings.partitions, replication=settings.replication_factor,
+        ))
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     kf = create_app(settings)
-    worker = faust.Worker(kf.app, loglevel=settings.log_level.upper(), quiet=True)
+    worker = faust.Worker(kf.app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.execute_from_commandline()
     return 0

@@ -21,8 +21,8 @@ def make_catalog_agent(app: faust.App, *, settings: Settings, ruleset: RuleSet, 
     table = app.Table(
         "catalog-state",
         partitions=settings.partitions,
-        key_serializer="raw",
-        value_serializer="raw",
+        key_type=bytes,
+        value_type=bytes,
         options=rocksdb_options(settings),
     )
     names = Topics(settings.topic_prefix)

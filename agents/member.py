@@ -7,6 +7,7 @@ table writes), and due mails fire from inside stream processing (tables cannot b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,6 +37,20 @@ Clock = Callable[[], int]
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def profile_snapshot(state: MemberState) -> dict[str, Any] | None:
+    """The profile a mail needs, carried on the decision so delivery never reads another partition's state."""
+    if state.email is None:
+        return None
+    return {
+        "email": state.email,
+        "name": state.name,
+        "opt_in": state.opt_in,
+        "device": state.device,
+        "locale": state.locale,
+        "purchase_count": state.purchase_count,
+    }
 
 
 class StateTable(Protocol):
@@ -109,7 +124,7 @@ class MemberProcessor:
         self.scan = scan
         self.names = names
         self.cache: StateCache[MemberState] = StateCache(
-            capacity=cache_capacity, load=self._load, new=MemberState.new
+            capacity=cache_capacity, load=self._load, new=MemberState
         )
         self.books: dict[int, PartitionBook[MemberState, Ackable]] = {}
         self.indexes: dict[int, WatchIndex] = {}
@@ -173,17 +188,10 @@ class MemberProcessor:
         if isinstance(record, Beacon) and state.seen_event(record.event_id):
             self.metrics.duplicates += 1
             return []
-        touched = self._touched_products(state, record)
+        state.touched = ()
         decisions = self.engine.handle(state, record, catalog=self.catalog)
-        self._after_change(partition, state, touched)
+        self._after_change(partition, state, state.touched)
         return decisions
-
-    def _touched_products(self, state: MemberState, record: Beacon | MemberUpdate | OrderUpdate) -> set[str]:
-        if isinstance(record, Beacon):
-            if record.type == "purchase":
-                return set(state.products)
-            return {record.product_id} if record.product_id else set()
-        return set()
 
     def _on_trigger(self, partition: int, value: bytes) -> list[Decision]:
         trigger = PriceTrigger.from_json(orjson.loads(value))
@@ -195,10 +203,10 @@ class MemberProcessor:
         for member_id in member_ids:
             state = self.cache.get(member_id)
             if pricewatch.on_trigger(state, trigger, rule):  # type: ignore[arg-type]
-                self._after_change(partition, state, set())
+                self._after_change(partition, state, ())
         return []
 
-    def _after_change(self, partition: int, state: MemberState, touched: set[str]) -> None:
+    def _after_change(self, partition: int, state: MemberState, touched: Iterable[str]) -> None:
         state.partition = partition
         book = self.books[partition]
         book.dirty.add(state.member_id)
@@ -222,13 +230,21 @@ class MemberProcessor:
             for decision in fired:
                 self.metrics.fire_lag_ms.append(decision.at_ms - decision.due_ms)
             decisions += fired
-            self._after_change(partition, state, set(state.products))
+            self._after_change(partition, state, ())
         return decisions
 
     # -- effects -----------------------------------------------------------------------------------
     async def _emit(self, decisions: list[Decision]) -> None:
         shop = self.ruleset.shop
-        final = await apply_caps(decisions, self.caps, limits=shop.caps, tz=shop.timezone)
+        delay = 0.2
+        while True:
+            try:
+                final = await apply_caps(decisions, self.caps, limits=shop.caps, tz=shop.timezone)
+                break
+            except Exception as exc:  # Redis away: the mail waits; it is never sent uncapped
+                log.warning("cap store unavailable (%s); %d decisions wait %.1fs", exc, len(decisions), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         for decision in final:
             self.metrics.decisions[decision.status] = self.metrics.decisions.get(decision.status, 0) + 1
             payload = decision.to_json()

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.web import Request, Response, View
 
-from kagoflow.core.behaviour import MemberState, current_products, profile_snapshot
+from kagoflow.agents.member import profile_snapshot
+from kagoflow.core.behaviour import MemberState, current_products
 
 if TYPE_CHECKING:
     from kagoflow.agents.app import Kagoflow
@@ -34,7 +35,7 @@ def member_document(state: MemberState) -> dict[str, Any]:
     return {
         "member_id": state.member_id,
         "profile": profile_snapshot(state),
-        "last_access_ms": state.last_access_ms,
+        "last_access_ms": state.last_access,
         "device": state.device,
         "products": current_products(state),
     }

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kagoflow.adapters.kafka_admin import partition_count
 from kagoflow.core.catalog import ProductInfo, apply_catalog
 from kagoflow.core.errors import ContractError
 from kagoflow.streams.contract import parse_catalog
@@ -53,11 +54,13 @@ class CatalogFollower:
         )
         await consumer.start()
         self._consumer = consumer
-        partitions = consumer.partitions_for_topic(self._topic) or set()
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        partitions = await partition_count(bootstrap=self._bootstrap, topic=self._topic)
+        if not partitions:
+            raise RuntimeError(f"catalog topic {self._topic!r} does not exist")
+        tps = [TopicPartition(self._topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps) if tps else {}
+        ends = await consumer.end_offsets(tps)
         self._task = asyncio.create_task(self._run(ends))
 
     async def _run(self, ends: dict[TopicPartition, int]) -> None:

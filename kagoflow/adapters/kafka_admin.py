@@ -21,3 +21,17 @@ async def ensure_topics(*, bootstrap: str, names: Iterable[str], partitions: int
         return missing
     finally:
         await admin.close()
+
+
+async def partition_count(*, bootstrap: str, topic: str) -> int:
+    """Number of partitions of ``topic`` (0 when it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for entry in described:
+        if entry.get("topic") == topic and not entry.get("error_code"):
+            return len(entry.get("partitions", []))
+    return 0

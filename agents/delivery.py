@@ -1,0 +1,64 @@
+"""The delivery agent: ``sent`` decisions from ``mail_decisions`` → rendered mail → SMTP, exactly once.
+
+Events are acknowledged only after their batch was handed to the ``Deliverer`` (whose Redis ledger makes a
+replayed decision a ``duplicate`` or ``uncertain``, never a second mail). When Redis is away, the batch
+waits and is retried — nothing is sent unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import orjson
+
+from kagoflow.adapters.catalog_follower import CatalogFollower
+from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
+from kagoflow.core.catalog import ProductInfo
+from kagoflow.core.decisions import Decision
+from kagoflow.mail.context import MemberProfile
+from kagoflow.mail.delivery import Deliverer, DeliveryJob
+from kagoflow.settings import Settings
+from kagoflow.streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def delivery_job(data: dict[str, Any], catalog: CatalogFollower) -> DeliveryJob | None:
+    """The job of one ``mail_decisions`` record, or None when there is nothing to deliver."""
+    if data.get("status") != "sent" or not data.get("profile"):
+        return None
+    decision = Decision.from_json(data)
+    profile = MemberProfile.from_json(decision.member_id, data["profile"])
+    products = [
+        catalog.get(product_id) or ProductInfo(product_id=product_id, price=0.0, stock=0, updated_ms=0)
+        for product_id in decision.products
+    ]
+    return decision, profile, products
+
+
+def make_delivery_agent(
+    app: faust.App, *, settings: Settings, catalog: CatalogFollower, store: RedisStore, deliverer: Deliverer
+) -> Any:
+    source = app.topic(Topics(settings.topic_prefix).mail_decisions, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="kagoflow-delivery")
+    async def delivery_agent(stream: faust.StreamT[bytes]) -> None:
+        await catalog.caught_up.wait()
+        async for events in stream.noack_take(256, within=0.2):
+            jobs = [job for event in events if (job := delivery_job(orjson.loads(event.message.value), catalog))]
+            delay = 0.5
+            while jobs:
+                try:
+                    await deliverer.deliver_many(jobs)
+                    break
+                except* StoreUnavailable:
+                    log.warning("redis unavailable: %d mails wait, retrying in %.1fs", len(jobs), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            for event in events:
+                event.ack()
+
+    return delivery_agent
