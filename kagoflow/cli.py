@@ -72,7 +72,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "rules":
         from kagoflow.core.rules import load_rules
 
-        ruleset = load_rules(args.dir)
+        ruleset = load_rules(args.dir, templates_dir=settings.templates_dir,
+                             min_delay_seconds=settings.min_delay_seconds)
+        from kagoflow.mail.templates import check_templates
+
+        check_templates(settings.templates_dir, {rule.template for rule in ruleset.by_id.values()})
         for line in ruleset.describe():
             print(line)
         return 0

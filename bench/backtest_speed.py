@@ -1,0 +1,157 @@
+"""Backtest throughput on generated, session-shaped storefront traffic.
+
+    .venv/bin/python bench/backtest_speed.py [--beacons 1000000] [--members 50000] [--seed 7] [--profile]
+
+Generates (deterministically from the seed) members and beacons as real traffic looks: members come back
+in sessions of a few to a few dozen beacons minutes apart — page views, product views with a popular head
+of products, some favourites, carts, removals and purchases — over a week. Then times ``run_backtest``
+with the example rules in ``rules/`` and prints records/s. Files go to a temporary directory (or --keep DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import orjson
+
+from kagoflow.backtest import run_backtest
+from kagoflow.settings import PROJECT_ROOT, Settings
+
+START_MS = 1_795_000_000_000  # 2026-11-18
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+def sessions(
+    rng: random.Random, *, members: int, products: int
+) -> Iterator[list[tuple[int, dict[str, object]]]]:
+    """Endless stream of sessions (lists of (ts, beacon)) with increasing start times."""
+    serial = 0
+    while True:
+        member = f"m{int(rng.paretovariate(1.2) * 7) % members}"
+        ts = START_MS + rng.randrange(WEEK_MS)
+        device = rng.choice(("pc", "smartphone", "smartphone", "mobile"))
+        carted: list[str] = []
+        out: list[tuple[int, dict[str, object]]] = []
+        for _ in range(rng.randint(3, 30)):
+            ts += rng.randint(5_000, 180_000)
+            serial += 1
+            roll = rng.random()
+            product = f"p{min(int(rng.paretovariate(1.1)) - 1, products - 1)}"
+            beacon: dict[str, object] = {
+                "event_id": f"e{serial}",
+                "member_id": member,
+                "ts": ts,
+                "device": device,
+            }
+            if roll < 0.35:
+                beacon["type"] = "page_view"
+            elif roll < 0.80:
+                beacon.update(type="view", product_id=product)
+            elif roll < 0.86:
+                beacon.update(type="favorite_add", product_id=product)
+            elif roll < 0.95:
+                beacon.update(
+                    type="cart_add",
+                    product_id=product,
+                    price=rng.choice((480, 1200, 2980, 5400)),
+                    quantity=rng.randint(1, 3),
+                )
+                carted.append(product)
+            elif roll < 0.98 and carted:
+                beacon.update(type="cart_remove", product_id=carted.pop())
+            elif carted:
+                beacon.update(type="purchase", product_ids=carted, order_id=f"o{serial}")
+                carted = []
+            else:
+                beacon["type"] = "page_view"
+            out.append((ts, beacon))
+        yield out
+
+
+def generate(directory: Path, *, beacons: int, members: int, seed: int) -> tuple[Path, Path]:
+    rng = random.Random(seed)
+    rows: list[tuple[int, bytes]] = []
+    for session in sessions(rng, members=members, products=5000):
+        rows.extend((ts, orjson.dumps(b)) for ts, b in session)
+        if len(rows) >= beacons:
+            break
+    del rows[beacons:]
+    rows.sort(key=lambda row: row[0])
+    beacons_path = directory / "beacons.jsonl"
+    with beacons_path.open("wb") as out:
+        out.writelines(line + b"\n" for _, line in rows)
+    members_path = directory / "members.jsonl"
+    with members_path.open("wb") as out:
+        for i in range(members):
+            out.write(
+                orjson.dumps(
+                    {
+                        "member_id": f"m{i}",
+                        "email": f"m{i}@example.com",
+                        "opt_in": rng.random() < 0.8,
+                        "purchase_count": rng.randint(0, 5),
+                        "ts": START_MS - 1,
+                    }
+                )
+                + b"\n"
+            )
+    return beacons_path, members_path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--beacons", type=int, default=1_000_000)
+    parser.add_argument("--members", type=int, default=50_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--profile", action="store_true", help="print the top functions by cumulative time")
+    parser.add_argument("--keep", type=Path, help="write the generated files and decisions here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = args.keep or Path(tmp)
+        directory.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        beacons, members = generate(directory, beacons=args.beacons, members=args.members, seed=args.seed)
+        print(
+            f"generated {args.beacons} beacons, {args.members} members"
+            f" in {time.perf_counter() - started:.1f}s"
+        )
+        profiler = cProfile.Profile() if args.profile else None
+        summary = io.StringIO()
+        started = time.perf_counter()
+        with redirect_stderr(summary):
+            if profiler is not None:
+                profiler.enable()
+            run_backtest(
+                rules_dir=PROJECT_ROOT / "rules",
+                beacons=beacons,
+                members=members,
+                out=directory / "decisions.jsonl",
+                progress=False,
+                settings=Settings(),
+            )
+            if profiler is not None:
+                profiler.disable()
+        elapsed = time.perf_counter() - started
+        records = args.beacons + args.members
+        decisions = sum(1 for _ in (directory / "decisions.jsonl").open("rb"))
+        print(summary.getvalue(), end="")
+        print(
+            f"{records} records, {decisions} decisions in {elapsed:.1f}s: {records / elapsed:,.0f} records/s"
+        )
+        if profiler is not None:
+            pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(20)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

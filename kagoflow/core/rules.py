@@ -1,0 +1,191 @@
+"""Loading a rules directory (SPEC §10): ``shop.yaml`` plus one YAML file per rule.
+
+Every fault is a ``RuleError`` naming file, dotted key and value; the first one found stops the load, so a
+worker never starts on a half-valid rule set. Files are read in name order, which is also the order rules
+are evaluated in when several are due at the same moment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from kagoflow.core.abandonrule import AbandonmentRule, parse_abandonment_rule
+from kagoflow.core.caps import CapLimits
+from kagoflow.core.errors import RuleError
+from kagoflow.core.shoptime import DEFAULT_TZ
+
+__all__ = ["AbandonmentRule", "PriceRuleLike", "RuleSet", "ShopConfig", "load_rules", "parse_shop"]
+
+SHOP_FILES = ("shop.yaml", "shop.yml")
+_SHOP_KEYS = ("timezone", "caps", "sender_name")
+_KINDS = ("abandonment", "price_drop", "restock")
+
+
+class PriceRuleLike(Protocol):
+    """What the core needs of ``kagoflow.core.pricerules.PriceRule``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def enabled(self) -> bool: ...
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ShopConfig:
+    timezone: ZoneInfo = DEFAULT_TZ
+    caps: CapLimits = field(default_factory=CapLimits)
+    sender_name: str | None = None
+    """Default sender name of rules that set none (else the settings' ``mail_sender_name``)."""
+
+    def describe(self) -> str:
+        caps = ", ".join(
+            f"{name} {limit}" for name, limit in (("day", self.caps.day), ("week", self.caps.week),
+                                                  ("month", self.caps.month)) if limit is not None
+        )
+        return f"shop: timezone {self.timezone.key}; caps {caps or 'none'}" + (
+            f"; sender {self.sender_name}" if self.sender_name else ""
+        )
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    shop: ShopConfig = field(default_factory=ShopConfig)
+    abandonment: list[AbandonmentRule] = field(default_factory=list)
+    price: list[PriceRuleLike] = field(default_factory=list)
+    by_id: dict[str, AbandonmentRule | PriceRuleLike] = field(default_factory=dict)
+
+    def describe(self) -> list[str]:
+        """One human line per rule, in file-name order."""
+        return [rule.describe() for rule in self.by_id.values()]
+
+
+class _RuleLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 numbers: ``10:00`` stays a string (YAML 1.1 reads it as the base-60
+    integer 600) and an unquoted SKU like ``0123`` stays a string (not octal 83)."""
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_RuleLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RuleLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
+                                  list("-+0123456789"))
+_RuleLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RuleError(str(path), "", str(path), f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise RuleError(str(path), "", str(path), "not UTF-8 text") from None
+    try:
+        return yaml.load(text, Loader=_RuleLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RuleError(str(path), "", None, f"invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_seconds: int = 900) -> RuleSet:
+    """Read ``shop.yaml`` (defaults when absent) and every other ``*.yaml`` / ``*.yml`` file as one rule."""
+    if not dir.is_dir():
+        raise RuleError(str(dir), "", str(dir), "no such rules directory")
+    shop = ShopConfig()
+    rule_files: list[Path] = []
+    for path in sorted(dir.iterdir()):
+        if path.name.startswith(".") or path.suffix not in (".yaml", ".yml") or not path.is_file():
+            continue
+        if path.name in SHOP_FILES:
+            shop = parse_shop(read_yaml(path), file=str(path))
+        else:
+            rule_files.append(path)
+    abandonment: list[AbandonmentRule] = []
+    price: list[PriceRuleLike] = []
+    by_id: dict[str, AbandonmentRule | PriceRuleLike] = {}
+    files: dict[str, str] = {}
+    for path in rule_files:
+        file = str(path)
+        data = read_yaml(path)
+        if data is None:
+            raise RuleError(file, "", None, "empty rule file")
+        if not isinstance(data, Mapping):
+            raise RuleError(file, "", data, "a rule file must be a mapping of keys")
+        kind = data.get("kind")
+        rule: AbandonmentRule | PriceRuleLike
+        if kind == "abandonment":
+            rule = parse_abandonment_rule(data, file=file, templates_dir=templates_dir,
+                                          min_delay_seconds=min_delay_seconds)
+            abandonment.append(rule)
+        elif kind in ("price_drop", "restock"):
+            rule = _parse_price(data, file=file, templates_dir=templates_dir)
+            price.append(rule)
+        else:
+            raise RuleError(file, "kind", kind, f"unknown kind (use {', '.join(_KINDS)})")
+        if rule.id in by_id:
+            raise RuleError(file, "id", rule.id, f"duplicate rule id (also in {files[rule.id]})")
+        by_id[rule.id] = rule
+        files[rule.id] = file
+    return RuleSet(shop=shop, abandonment=abandonment, price=price, by_id=by_id)
+
+
+def _parse_price(data: Mapping[str, Any], *, file: str, templates_dir: Path | None) -> PriceRuleLike:
+    try:
+        from kagoflow.core.pricerules import parse_price_rule
+    except ImportError:  # pragma: no cover - only while the price module is being written
+        raise RuleError(file, "kind", data.get("kind"), "price rules are not available yet") from None
+    rule: PriceRuleLike = parse_price_rule(data, file=file, templates_dir=templates_dir)
+    return rule
+
+
+def parse_shop(data: object, *, file: str) -> ShopConfig:
+    if data is None:
+        return ShopConfig()
+    if not isinstance(data, Mapping):
+        raise RuleError(file, "", data, "shop.yaml must be a mapping of keys")
+    for key in data:
+        if key not in _SHOP_KEYS:
+            raise RuleError(file, str(key), data[key], f"unknown key (allowed: {', '.join(_SHOP_KEYS)})")
+    tz = DEFAULT_TZ
+    if "timezone" in data:
+        name = data["timezone"]
+        try:
+            if not isinstance(name, str) or not name:
+                raise ValueError(name)
+            tz = ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise RuleError(file, "timezone", name, "unknown time zone (e.g. Asia/Tokyo)") from None
+    caps = CapLimits()
+    if "caps" in data and data["caps"] is not None:
+        raw = data["caps"]
+        if not isinstance(raw, Mapping):
+            raise RuleError(file, "caps", raw, "must be {day: N, week: N, month: N} (each optional)")
+        limits: dict[str, int] = {}
+        for key, limit in raw.items():
+            if key not in ("day", "week", "month"):
+                raise RuleError(file, f"caps.{key}", limit, "unknown key (allowed: day, week, month)")
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise RuleError(file, f"caps.{key}", limit, "must be a whole number of mails >= 0")
+            limits[key] = limit
+        caps = CapLimits(**limits)
+    sender = data.get("sender_name")
+    if sender is not None and (not isinstance(sender, str) or not sender.strip()):
+        raise RuleError(file, "sender_name", sender, "must be a non-empty string")
+    return ShopConfig(timezone=tz, caps=caps, sender_name=sender)
+
