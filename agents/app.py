@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -21,17 +21,16 @@ from kagoflow.adapters.engagement import KafkaEngagementSink
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.agents.catalog import make_catalog_agent
 from kagoflow.agents.delivery import make_delivery_agent
-from kagoflow.agents.member import MemberProcessor, wall_clock_ms
+from kagoflow.agents.member import MemberProcessor, profile_snapshot, wall_clock_ms
 from kagoflow.agents.tables import rocksdb_options
 from kagoflow.agents.web import add_routes
-from kagoflow.agents.member import profile_snapshot
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.engine import Engine
 from kagoflow.core.rules import RuleSet, load_rules
 from kagoflow.mail.delivery import Deliverer
 from kagoflow.settings import Settings
-from kagoflow.web.tracking import add_tracking_routes
 from kagoflow.streams.topics import Topics
+from kagoflow.web.tracking import add_tracking_routes
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
                   member_table=member_table)
 
     @app.agent(member_topics, name="kagoflow-members")
-    async def member_agent(stream: faust.StreamT[bytes]) -> None:
+    async def member_agent(stream: Any) -> None:  # a faust.Stream (StreamT lacks noack)
         await catalog.caught_up.wait()
         async for event in stream.noack().events():
             message = event.message
@@ -146,11 +145,11 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         for partition in range(settings.partitions):
             await ticks.send(value=value, partition=partition)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
         processor.revoke({tp.partition for tp in revoked if tp.topic == names.beacons})
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
         processor.assign({tp.partition for tp in assigned if tp.topic == names.beacons})
 
@@ -169,7 +168,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     make_catalog_agent(app, settings=settings, ruleset=ruleset, outbox=outbox)
     make_delivery_agent(app, settings=settings, catalog=catalog, store=store, deliverer=deliverer)
     add_routes(kf)
-    add_tracking_routes(app.web.web_app, settings=settings, sink=engagement, store=store)
+    add_tracking_routes(cast(Any, app.web).web_app, settings=settings, sink=engagement, store=store)
     return kf
 
 

@@ -45,7 +45,7 @@ def make_delivery_agent(
     source = app.topic(Topics(settings.topic_prefix).mail_decisions, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, name="kagoflow-delivery")
-    async def delivery_agent(stream: faust.StreamT[bytes]) -> None:
+    async def delivery_agent(stream: Any) -> None:  # a faust.Stream (StreamT lacks noack_take)
         await catalog.caught_up.wait()
         async for events in stream.noack_take(256, within=0.2):
             jobs = [job for event in events if (job := delivery_job(orjson.loads(event.message.value), catalog))]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -64,8 +65,9 @@ class StateTable(Protocol):
 class Outbox(Protocol):
     """Where the agent sends records; returns an awaitable that completes when Kafka has them."""
 
-    async def send(self, topic: str, *, key: bytes | None, value: bytes, partition: int | None = None) -> Awaitable[Any]:
-        ...
+    async def send(
+        self, topic: str, *, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> Awaitable[Any]: ...
 
 
 class Ackable(Protocol):
@@ -80,7 +82,8 @@ class Metrics:
     decisions: dict[str, int] = field(default_factory=dict)
     flushes: int = 0
     states_written: int = 0
-    fire_lag_ms: list[int] = field(default_factory=list)
+    fire_lag_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
+    """The latest fire lags (decision time minus due time), for ``/metrics``."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +93,15 @@ class Metrics:
             "decisions": dict(self.decisions),
             "flushes": self.flushes,
             "states_written": self.states_written,
+            "fire_lag_ms": _lag_summary(self.fire_lag_ms),
         }
+
+
+def _lag_summary(lags: deque[int]) -> dict[str, int] | None:
+    if not lags:
+        return None
+    ordered = sorted(lags)
+    return {"p50": ordered[len(ordered) // 2], "p99": ordered[(len(ordered) * 99) // 100], "max": ordered[-1]}
 
 
 class MemberProcessor:
@@ -220,7 +231,7 @@ class MemberProcessor:
     def _fire_due(self, partition: int, now: int) -> list[Decision]:
         book = self.books[partition]
         decisions: list[Decision] = []
-        for member_id in book.pop_due(now):
+        for member_id in list(book.pop_due(now)):
             state = self.cache.get(member_id)
             due = self.engine.next_due(state)
             if due is None or due > now:
@@ -251,9 +262,10 @@ class MemberProcessor:
             if decision.status == "sent":
                 state = self.cache.peek(decision.member_id)
                 payload["profile"] = self.profile_of(state) if state is not None else None
-            self.in_flight.append(
-                await self.outbox.send(self.names.mail_decisions, key=decision.member_id.encode(), value=orjson.dumps(payload))
+            sent = await self.outbox.send(
+                self.names.mail_decisions, key=decision.member_id.encode(), value=orjson.dumps(payload)
             )
+            self.in_flight.append(sent)
 
     async def _dead_letter(self, topic: str, partition: int, offset: int, value: bytes, reason: str) -> None:
         self.metrics.dead_letters += 1
@@ -290,15 +302,15 @@ class MemberProcessor:
         started = time.monotonic()
         count = 0
         for partition in partitions:
-            self.book(partition).due.clear()
+            self.book(partition).clear_due()
             self.indexes[partition] = WatchIndex()
         for state in self.scan():
-            partition = state.partition
-            if partition not in partitions:
+            owner = state.partition
+            if owner is None or owner not in partitions:
                 continue
             count += 1
-            self.books[partition].schedule(self.engine.next_due(state), state.member_id)
-            index = self.indexes[partition]
+            self.books[owner].schedule(self.engine.next_due(state), state.member_id)
+            index = self.indexes[owner]
             for product_id in state.products:
                 index.update(state.member_id, product_id, state.product_state(product_id))
         log.info("rebuilt due heaps and watch indexes of partitions %s from %d members in %.2fs",

@@ -49,7 +49,7 @@ def add_routes(kf: Kagoflow) -> None:
 
     @app.page("/api/members/{member_id}")
     class MemberView(View):
-        @app.table_route(table=kf.member_table, match_info="member_id")
+        @app.table_route(table=kf.member_table, match_info="member_id")  # type: ignore[arg-type]
         async def get(self, request: Request, member_id: str) -> Response:
             state = state_of(member_id)
             if state is None:
@@ -60,7 +60,7 @@ def add_routes(kf: Kagoflow) -> None:
     class AccessLogView(View):
         """Access log (seed 000 §2): current state per product + action history from ClickHouse."""
 
-        @app.table_route(table=kf.member_table, match_info="member_id")
+        @app.table_route(table=kf.member_table, match_info="member_id")  # type: ignore[arg-type]
         async def get(self, request: Request, member_id: str) -> Response:
             from kagoflow.core.errors import ContractError
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from kagoflow.core.errors import ContractError, RuleError
 
@@ -45,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--to", required=True, help="recipient address")
 
     demo = sub.add_parser("demo", help="produce the sample data set to Kafka (used by infra/demo)")
-    demo.add_argument("--members", type=int, default=20, help="number of sample members")
+    demo.add_argument("--members", type=int, default=8, help="number of sample members")
+    demo.add_argument("--watch", type=Path, help="print the mails arriving in this folder (the SMTP sink's)")
+    demo.add_argument("--watch-seconds", type=float, default=90, help="how long to watch at most")
     return parser
 
 
@@ -76,7 +79,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                              min_delay_seconds=settings.min_delay_seconds)
         from kagoflow.mail.templates import check_templates
 
-        check_templates(settings.templates_dir, {rule.template for rule in ruleset.by_id.values()})
+        check_templates(settings.templates_dir, {cast(Any, rule).template for rule in ruleset.by_id.values()})
         for line in ruleset.describe():
             print(line)
         return 0
@@ -104,7 +107,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from kagoflow.demo import produce_sample
 
-        return produce_sample(settings, members=args.members)
+        return produce_sample(settings, members=args.members, watch=args.watch, watch_seconds=args.watch_seconds)
     raise AssertionError(args.command)
 
 

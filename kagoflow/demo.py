@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,7 +27,10 @@ PRODUCTS = [
 ]
 
 
-def sample_records(*, members: int, now_ms: int, prefix: str = "", seed: int = 7) -> list[tuple[str, str, dict[str, Any]]]:
+Produced = tuple[str, str, dict[str, Any]]
+
+
+def sample_records(*, members: int, now_ms: int, prefix: str = "", seed: int = 7) -> list[Produced]:
     """(topic, key, value) in production order: catalog, profiles, then every member's session."""
     rng = random.Random(seed)
     topics = Topics(prefix)
@@ -75,11 +79,49 @@ async def _produce(settings: Settings, records: list[tuple[str, str, dict[str, A
         await producer.stop()
 
 
-def produce_sample(settings: Settings, *, members: int) -> int:
+def price_drop(*, now_ms: int, prefix: str = "") -> tuple[str, str, dict[str, Any]]:
+    """The first sample product goes 15 % cheaper (fires ``drop_percent`` rules)."""
+    product_id, name, price = PRODUCTS[0]
+    return (Topics(prefix).catalog, product_id, {
+        "product_id": product_id, "name": name, "price": round(price * 0.85), "stock": 20, "ts": now_ms,
+        "url": f"https://shop.example.com/products/{product_id}",
+        "image_url": f"https://shop.example.com/images/{product_id}.jpg",
+    })
+
+
+def produce_sample(settings: Settings, *, members: int, watch: Path | None = None, watch_seconds: float = 0) -> int:
+    """Produce the sample sessions, then a price drop; with ``watch``, print the mails that arrive there."""
+    before = set(watch.glob("*.eml")) if watch is not None and watch.is_dir() else set()
     records = sample_records(members=members, now_ms=time.time_ns() // 1_000_000, prefix=settings.topic_prefix)
     asyncio.run(_produce(settings, records))
     counts: dict[str, int] = {}
     for topic, _, _ in records:
         counts[topic] = counts.get(topic, 0) + 1
-    print("produced " + ", ".join(f"{n} {topic}" for topic, n in counts.items()))
-    return 0
+    print("produced " + ", ".join(f"{n} {topic}" for topic, n in counts.items()), flush=True)
+    time.sleep(5)
+    asyncio.run(_produce(settings, [price_drop(now_ms=time.time_ns() // 1_000_000, prefix=settings.topic_prefix)]))
+    print(f"produced a 15% price drop of {PRODUCTS[0][1]}", flush=True)
+    if watch is None:
+        return 0
+    return 0 if _watch_mailbox(watch, before, watch_seconds) else 1
+
+
+def _watch_mailbox(folder: Path, before: set[Path], seconds: float) -> int:
+    """Print every new mail as it arrives; stop after ``seconds`` or 15 s without a new one."""
+    import email
+    import email.policy
+
+    print(f"waiting for mails in {folder} ...", flush=True)
+    seen = set(before)
+    started = last = time.monotonic()
+    arrived = 0
+    while time.monotonic() - started < seconds and not (arrived and time.monotonic() - last > 15):
+        for path in sorted(set(folder.glob("*.eml")) - seen):
+            seen.add(path)
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            arrived += 1
+            last = time.monotonic()
+            print(f"  +{last - started:5.1f}s  to {message['To']}: {message['Subject']}", flush=True)
+        time.sleep(0.5)
+    print(f"{arrived} mails arrived; open them in {folder}")
+    return arrived

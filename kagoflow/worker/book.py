@@ -24,29 +24,48 @@ E = TypeVar("E")
 
 @dataclass(slots=True)
 class PartitionBook(Generic[S, E]):
-    """What one partition owes: dirty members to write, events to ack, due times to fire."""
+    """What one partition owes: dirty members to write, events to ack, due times to fire.
+
+    ``scheduled`` holds each member's current due time; the heap may also hold superseded entries
+    (a ``last_access`` clock moves the due time with every beacon), which are skipped when popped and
+    compacted away when they outnumber the live ones, so memory stays O(members with a due time).
+    """
 
     partition: int
     dirty: set[str] = field(default_factory=set)
     pending_acks: list[E] = field(default_factory=list)
     due: list[tuple[int, str]] = field(default_factory=list)
+    scheduled: dict[str, int] = field(default_factory=dict)
     last_flush_ms: int = 0
 
     def schedule(self, due_ms: int | None, member_id: str) -> None:
-        if due_ms is not None:
-            heapq.heappush(self.due, (due_ms, member_id))
+        if due_ms is None:
+            self.scheduled.pop(member_id, None)
+            return
+        if self.scheduled.get(member_id) == due_ms:
+            return
+        self.scheduled[member_id] = due_ms
+        heapq.heappush(self.due, (due_ms, member_id))
+        if len(self.due) > 2 * len(self.scheduled) + 1024:
+            self.due = [(due, member) for member, due in self.scheduled.items()]
+            heapq.heapify(self.due)
 
     def pop_due(self, now_ms: int) -> Iterator[str]:
-        """Member ids with a heap entry due at or before ``now_ms`` (each at most once per call)."""
-        seen: set[str] = set()
+        """Member ids whose current due time is at or before ``now_ms`` (each once; unscheduled on pop)."""
         while self.due and self.due[0][0] <= now_ms:
-            _, member_id = heapq.heappop(self.due)
-            if member_id not in seen:
-                seen.add(member_id)
+            due_ms, member_id = heapq.heappop(self.due)
+            if self.scheduled.get(member_id) == due_ms:
+                del self.scheduled[member_id]
                 yield member_id
 
     def next_due_ms(self) -> int | None:
+        while self.due and self.scheduled.get(self.due[0][1]) != self.due[0][0]:
+            heapq.heappop(self.due)
         return self.due[0][0] if self.due else None
+
+    def clear_due(self) -> None:
+        self.due.clear()
+        self.scheduled.clear()
 
     def flush_due(self, now_ms: int, interval_ms: int) -> bool:
         return bool(self.dirty or self.pending_acks) and now_ms - self.last_flush_ms >= interval_ms

@@ -91,7 +91,7 @@ def test_cart_and_browse_mails_arrive_after_the_delay_and_respect_priority_and_c
     mails = mails_to(domain)
     by_recipient = Counter(str(m["To"]) for _, m in mails)
     assert by_recipient == {f"carter@{domain}": 1, f"browser@{domain}": 1}, worker.tail()
-    for arrived, message in mails:
+    for arrived, _ in mails:
         sent_ms = arrived * 1000
         assert sent_ms >= now + DELAY_S * 1000, "mail left before its due time"
         assert sent_ms <= now + DELAY_S * 1000 + 10_000, "mail left far after its due time"

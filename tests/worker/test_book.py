@@ -32,3 +32,16 @@ def test_cache_evicts_least_recent_unpinned_and_loads_on_miss() -> None:
     assert cache.peek("y") is None  # gone from the cache, never stored
     cache.drop_where(lambda state: state == "stored-x")
     assert len(cache) == 1
+
+
+def test_moved_due_times_fire_once_at_the_latest_time_and_the_heap_stays_compact() -> None:
+    book: PartitionBook[str, object] = PartitionBook(partition=0)
+    for due in range(1, 5000):  # a last_access clock: every beacon moves the member's due time
+        book.schedule(due, "a")
+    book.schedule(10, "b")
+    assert len(book.due) <= 2 * len(book.scheduled) + 1024
+    assert list(book.pop_due(100)) == ["b"]  # a's superseded entries are skipped
+    assert book.next_due_ms() == 4999
+    assert list(book.pop_due(10_000)) == ["a"]
+    book.schedule(None, "c")
+    assert book.next_due_ms() is None
