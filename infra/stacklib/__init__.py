@@ -1,0 +1,1 @@
+"""Implementation of ``infra/stack``: the local Kafka, Redis, ClickHouse and SMTP sink (see README)."""
