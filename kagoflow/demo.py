@@ -17,6 +17,9 @@ from kagoflow.settings import Settings
 from kagoflow.streams.topics import Topics
 
 NAMES = ["佐藤 花子", "鈴木 一郎", "高橋 美咲", "田中 健", "伊藤 さくら", "渡辺 翔", "山本 陽菜", "中村 蓮"]
+DAY_MS = 86_400_000
+"""The catalog is loaded a day earlier, so today's price drop has a reference price (SPEC §11)."""
+DOMAIN = "demo.example.com"
 PRODUCTS = [
     ("sku-tea-01", "静岡 深蒸し煎茶 100g", 1280),
     ("sku-cup-02", "有田焼 湯呑み 藍", 3200),
@@ -37,14 +40,14 @@ def sample_records(*, members: int, now_ms: int, prefix: str = "", seed: int = 7
     records: list[tuple[str, str, dict[str, Any]]] = []
     for product_id, name, price in PRODUCTS:
         records.append((topics.catalog, product_id, {
-            "product_id": product_id, "name": name, "price": price, "stock": 20, "ts": now_ms - 60_000,
+            "product_id": product_id, "name": name, "price": price, "stock": 20, "ts": now_ms - DAY_MS,
             "url": f"https://shop.example.com/products/{product_id}",
             "image_url": f"https://shop.example.com/images/{product_id}.jpg",
         }))
     for i in range(members):
         member_id = f"m{i:04d}"
         records.append((topics.members, member_id, {
-            "member_id": member_id, "email": f"{member_id}@example.com", "opt_in": i % 7 != 6,
+            "member_id": member_id, "email": f"{member_id}@{DOMAIN}", "opt_in": i % 7 != 6,
             "name": NAMES[i % len(NAMES)], "device": rng.choice(["pc", "smartphone"]), "locale": "ja-JP",
             "purchase_count": i % 3, "ts": now_ms - 30_000,
         }))
@@ -119,6 +122,8 @@ def _watch_mailbox(folder: Path, before: set[Path], seconds: float) -> int:
         for path in sorted(set(folder.glob("*.eml")) - seen):
             seen.add(path)
             message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            if not str(message["To"]).endswith("@" + DOMAIN):
+                continue  # someone else's mail (the sink is shared)
             arrived += 1
             last = time.monotonic()
             print(f"  +{last - started:5.1f}s  to {message['To']}: {message['Subject']}", flush=True)
