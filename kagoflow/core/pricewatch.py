@@ -25,7 +25,7 @@ in one flat dict::
      "<rule id>|<product_id>": "<shop-local day of change>"}   # a fired mark (value: str)
 
 Entries are told apart by the type of their value (product ids may contain any character; rule ids are
-``[a-z0-9-]``, so the rule and send time are parsed back from a pending key with ``rpartition("@")``). The
+``[a-z0-9-]``, so the rule and send time are parsed back from a pending key at its last ``@``). The
 layout is deliberately flat: a fanout touches hundreds of thousands of members, and every container it
 allocates per member costs time (allocation, and the cyclic GC walking it) and state bytes — scheduling a
 member allocates one dict. Fired marks older than the day before a new trigger's day are pruned once a member
@@ -55,17 +55,24 @@ def on_trigger(state: MemberState, trigger: PriceTrigger, rule: PriceRule) -> bo
     """Schedule ``trigger`` for this member if it concerns them; True when ``state`` changed."""
     if not rule.enabled or rule.id != trigger.rule_id:
         return False
+    return _schedule(state, trigger, rule, *_keys(trigger))
+
+
+def _keys(trigger: PriceTrigger) -> tuple[str, str]:
+    """(fired mark, pending slot) keys of a trigger; a fanout computes them once and shares the strings."""
+    return f"{trigger.rule_id}|{trigger.product_id}", f"{trigger.rule_id}@{trigger.send_at_ms}"
+
+
+def _schedule(state: MemberState, trigger: PriceTrigger, rule: PriceRule, mark: str, slot: str) -> bool:
     product_id = trigger.product_id
     if state.product_state(product_id) not in rule.watch:
         return False
     watch = state.price_watch
-    mark = f"{rule.id}|{product_id}"
     if watch.get(mark) == trigger.day:
         return False
     if len(watch) >= FIRED_PRUNE_AT:
         _prune_fired(watch, trigger.day)
     watch[mark] = trigger.day
-    slot = f"{rule.id}@{trigger.send_at_ms}"
     products: Pending | None = watch.get(slot)
     if products is None:
         watch[slot] = {product_id: trigger.reference}
@@ -98,28 +105,29 @@ def fire_due(
     off).
     """
     watch = state.price_watch
-    due: list[tuple[int, str]] = []
+    due: list[tuple[int, str, str]] = []
     for key, value in watch.items():
         if type(value) is dict:
-            at = _send_ms(key)
+            cut = key.rindex("@")
+            at = int(key[cut + 1:])
             if at <= now_ms:
-                due.append((at, key))
+                due.append((at, key[:cut], key))
     if not due:
         return []
     if len(due) > 1:
         due.sort()
     decisions: list[Decision] = []
-    for at, slot in due:
+    for at, rule_id, slot in due:
         products: Pending = watch.pop(slot)
-        rule = rules.get(slot.rpartition("@")[0])
+        rule = rules.get(rule_id)
         if rule is None or not rule.enabled:
             continue
-        kept = tuple(
-            product_id
-            for product_id, reference in products.items()
-            if state.product_state(product_id) in rule.watch
-            and condition_holds(rule, catalog.get(product_id), reference)
-        )
+        kept: list[str] = []
+        for product_id, reference in products.items():
+            if state.product_state(product_id) in rule.watch and condition_holds(
+                rule, catalog.get(product_id), reference
+            ):
+                kept.append(product_id)
         status: DecisionStatus
         if not kept:
             status, reason = "skipped", "no_products"
@@ -129,7 +137,7 @@ def fire_due(
         decisions.append(
             Decision(
                 member_id=state.member_id, rule_id=rule.id, kind=rule.kind, status=status, reason=reason,
-                products=kept, due_ms=at, at_ms=now_ms, episode=str(at), template=rule.template,
+                products=tuple(kept), due_ms=at, at_ms=now_ms, episode=str(at), template=rule.template,
                 sender_name=rule.sender_name, cap_exempt=True,
             )
         )
@@ -148,9 +156,10 @@ def fanout(
     """
     if not rule.enabled or rule.id != trigger.rule_id:
         return
+    mark, slot = _keys(trigger)
     for member_id in index.members(trigger.product_id, rule.watch):
         state = states(member_id)
-        if state is not None and on_trigger(state, trigger, rule):
+        if state is not None and _schedule(state, trigger, rule, mark, slot):
             yield state
 
 

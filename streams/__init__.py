@@ -1,0 +1,1 @@
+"""Kafka-facing stream code: the input contract (``kagoflow.streams.contract``) and topic names."""

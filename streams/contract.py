@@ -1,0 +1,396 @@
+"""The SPEC §1 input contract, version 1: raw Kafka / JSONL bytes → typed core records or ``ContractError``.
+
+Parsing is hand-written on top of ``orjson`` (no model library): a beacon costs a few microseconds, which
+matters at storefront traffic. Every rejection names the field first (``member_id: missing``) so the
+reason stored on the ``<topic>.dlq`` record tells the producer exactly what to fix. Unknown fields are
+ignored (producers may add fields before the contract learns them); ``null`` means "absent" for optional
+fields. The human-readable contract is ``streams/CONTRACT.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, cast
+
+import orjson
+
+from kagoflow.core.errors import ContractError
+from kagoflow.core.events import (
+    BEACON_TYPES,
+    DEVICES,
+    PRODUCT_BEACON_TYPES,
+    Beacon,
+    BeaconType,
+    CatalogUpdate,
+    Device,
+    MemberUpdate,
+    OrderItem,
+    OrderUpdate,
+    Record,
+)
+
+CONTRACT_VERSION: Final = 1
+
+BEACONS: Final = "beacons"
+MEMBERS: Final = "members"
+CATALOG: Final = "catalog"
+ORDERS: Final = "orders"
+INPUT_TOPICS: Final = (BEACONS, MEMBERS, CATALOG, ORDERS)
+DLQ_SUFFIX: Final = ".dlq"
+
+MAX_RECORD_BYTES: Final = 64 * 1024
+"""Larger records are rejected before decoding: no storefront action is that big."""
+MAX_ID = 128
+MAX_SHOP_ID = 64
+MAX_EMAIL = 254
+MAX_NAME = 256
+MAX_URL = 2048
+MAX_LIST = 1000
+MAX_QUANTITY = 1_000_000
+MAX_MONEY = 1e12
+TS_MIN_MS: Final = 0
+TS_MAX_MS: Final = 4_102_444_800_000
+"""2100-01-01T00:00:00Z (exclusive): keeps every time inside ClickHouse ``DateTime`` (UInt32 seconds)."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EMAIL = re.compile(r"[^@\s<>,;:\"()\[\]\\]+@[^@\s<>,;:\"()\[\]\\]+")
+_LOCALE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_MISSING: Final = object()
+
+
+def dlq_topic(topic: str) -> str:
+    return topic + DLQ_SUFFIX
+
+
+# -- field helpers ---------------------------------------------------------------------------------
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+def _get(data: dict[str, Any], field: str, *, required: bool) -> Any:
+    value = data.get(field, _MISSING)
+    if value is _MISSING:
+        if required:
+            raise ContractError(f"{field}: missing")
+        return None
+    if value is None and required:
+        raise ContractError(f"{field}: must not be null")
+    return value
+
+
+def _text(data: dict[str, Any], field: str, *, max_len: int = MAX_ID, required: bool = True) -> str | None:
+    value = data.get(field)
+    if type(value) is str and 0 < len(value) <= max_len and value.isprintable() and not value.isspace():
+        return value  # the common case; isprintable() is False for control characters (and for a few
+        # harmless ones such as U+3000, which the checks below accept)
+    if value is None:
+        _get(data, field, required=required)  # raises the right "missing" / "null" error when required
+        return None
+    if type(value) is not str:
+        raise ContractError(f"{field}: must be a string")
+    if not value or value.isspace():
+        raise ContractError(f"{field}: must not be empty")
+    if len(value) > max_len:
+        raise ContractError(f"{field}: longer than {max_len} characters")
+    if _CONTROL.search(value):
+        raise ContractError(f"{field}: contains control characters")
+    return value
+
+
+def _req_text(data: dict[str, Any], field: str, *, max_len: int = MAX_ID) -> str:
+    value = data.get(field)
+    if type(value) is str and 0 < len(value) <= max_len and value.isprintable() and not value.isspace():
+        return value
+    return cast(str, _text(data, field, max_len=max_len))
+
+
+def _money(data: dict[str, Any], field: str, *, required: bool) -> float | None:
+    value = _get(data, field, required=required)
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value <= MAX_MONEY:
+        raise ContractError(f"{field}: must be a number >= 0")
+    return float(value)
+
+
+def _int(data: dict[str, Any], field: str, *, minimum: int, maximum: int, required: bool) -> int | None:
+    value = _get(data, field, required=required)
+    if value is None:
+        return None
+    if type(value) is not int or not minimum <= value <= maximum:
+        raise ContractError(f"{field}: must be an integer >= {minimum}")
+    return value
+
+
+def _bool(data: dict[str, Any], field: str, *, required: bool) -> bool | None:
+    value = _get(data, field, required=required)
+    if value is None or type(value) is bool:
+        return value
+    raise ContractError(f"{field}: must be true or false")
+
+
+def _device(data: dict[str, Any]) -> Device | None:
+    value = data.get("device")
+    if value is None:
+        return None
+    if type(value) is not str or value not in DEVICES:
+        raise ContractError(f"device: unknown {_short(value)} (pc | smartphone | mobile)")
+    return cast(Device, value)
+
+
+def _url(data: dict[str, Any], field: str) -> str | None:
+    value = _text(data, field, max_len=MAX_URL, required=False)
+    if value is not None and not value.startswith(("https://", "http://")):
+        raise ContractError(f"{field}: must be an http(s) URL")
+    return value
+
+
+def parse_ts(value: object, field: str = "ts") -> int:
+    """ISO-8601 with a UTC offset, or integer epoch milliseconds → epoch ms. Naive times are rejected:
+    guessing a zone would shift every abandonment timer by hours."""
+    if type(value) is int:
+        ms = value
+    elif type(value) is str and len(value) <= 64:
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise ContractError(f"{field}: not ISO-8601 with offset or epoch ms: {_short(value)}") from None
+        if dt.tzinfo is None or dt.utcoffset() is None:
+            raise ContractError(f"{field}: ISO-8601 without UTC offset: {_short(value)}")
+        try:
+            ms = (dt - _EPOCH) // _MS
+        except OverflowError:
+            raise ContractError(f"{field}: out of range 1970..2099: {_short(value)}") from None
+    else:
+        raise ContractError(f"{field}: not ISO-8601 with offset or epoch ms: {_short(value)}")
+    if not TS_MIN_MS <= ms < TS_MAX_MS:
+        raise ContractError(f"{field}: out of range 1970..2099: {_short(value)}")
+    return ms
+
+
+def _ts(data: dict[str, Any], field: str, *, required: bool) -> int | None:
+    value = _get(data, field, required=required)
+    return None if value is None else parse_ts(value, field)
+
+
+def _record_ts(data: dict[str, Any], default_ts: int | None) -> int:
+    ts = _ts(data, "ts", required=default_ts is None)
+    return cast(int, default_ts if ts is None else ts)
+
+
+def _not_allowed(data: dict[str, Any], fields: tuple[str, ...], kind: str) -> None:
+    for field in fields:
+        if data.get(field) is not None:
+            raise ContractError(f"{field}: not allowed for {kind}")
+
+
+def _text_list(data: dict[str, Any], field: str) -> tuple[str, ...]:
+    value = data.get(field)
+    if value is None:
+        return ()
+    if type(value) is not list or len(value) > MAX_LIST:
+        raise ContractError(f"{field}: must be a list of at most {MAX_LIST} strings")
+    out: dict[str, None] = {}
+    for i, item in enumerate(value):
+        out[_req_text({f"{field}[{i}]": item}, f"{field}[{i}]")] = None
+    return tuple(out)
+
+
+def _loads(raw: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ContractError(f"record: larger than {MAX_RECORD_BYTES} bytes")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError(f"record: not valid JSON: {exc}") from None
+    if type(data) is not dict:
+        raise ContractError("record: not a JSON object")
+    return cast(dict[str, Any], data)
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+BeaconFields = tuple[str, str, BeaconType, int, str | None, float | None, int | None, Device | None, str,
+                     tuple[str, ...], str | None]
+"""A valid beacon's values in ``Beacon`` field order (event_id, member_id, type, ts, product_id, price,
+quantity, device, shop_id, product_ids, order_id)."""
+
+
+def beacon_fields(data: dict[str, Any]) -> BeaconFields:
+    """Validate a decoded beacon; the values without building a ``Beacon`` (the archive's hot path maps
+    them straight to a row: a frozen dataclass costs about as much as the validation)."""
+    event_id = _req_text(data, "event_id")
+    member_id = _req_text(data, "member_id")
+    kind = _get(data, "type", required=True)
+    if type(kind) is not str or kind not in BEACON_TYPES:
+        raise ContractError(f"type: unknown {_short(kind)}")
+    ts = data.get("ts")
+    if type(ts) is not int or not TS_MIN_MS <= ts < TS_MAX_MS:  # epoch ms is the common case
+        ts = cast(int, _ts(data, "ts", required=True))
+    device = _device(data)
+    shop_id = _text(data, "shop_id", max_len=MAX_SHOP_ID, required=False) or "default"
+    if kind in PRODUCT_BEACON_TYPES:
+        if data.get("product_id") is None:
+            raise ContractError(f"product_id: required for {kind}")
+        _not_allowed(data, ("product_ids", "order_id"), kind)
+        quantity = _int(data, "quantity", minimum=1, maximum=MAX_QUANTITY, required=False)
+        return (event_id, member_id, cast(BeaconType, kind), ts, _req_text(data, "product_id"),
+                _money(data, "price", required=False), quantity, device, shop_id, (), None)
+    _not_allowed(data, ("product_id", "price", "quantity"), kind)
+    if kind == "page_view":
+        _not_allowed(data, ("product_ids", "order_id"), kind)
+        return (event_id, member_id, "page_view", ts, None, None, None, device, shop_id, (), None)
+    product_ids = _text_list(data, "product_ids")
+    order_id = _text(data, "order_id", required=False)
+    if not product_ids and order_id is None:
+        raise ContractError("product_ids: purchase needs product_ids or order_id")
+    return (event_id, member_id, "purchase", ts, None, None, None, device, shop_id, product_ids, order_id)
+
+
+def beacon_from_dict(data: dict[str, Any]) -> Beacon:
+    return Beacon(*beacon_fields(data))
+
+
+def member_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> MemberUpdate:
+    member_id = _req_text(data, "member_id")
+    email = _req_text(data, "email", max_len=MAX_EMAIL)
+    if not _EMAIL.fullmatch(email):
+        raise ContractError(f"email: not an e-mail address: {_short(email)}")
+    locale = _text(data, "locale", max_len=35, required=False)
+    if locale is not None and not _LOCALE.fullmatch(locale):
+        raise ContractError(f"locale: not a language tag: {_short(locale)}")
+    return MemberUpdate(
+        member_id=member_id,
+        ts=_record_ts(data, default_ts),
+        email=email,
+        opt_in=_bool(data, "opt_in", required=True),
+        name=_text(data, "name", max_len=MAX_NAME, required=False),
+        device=_device(data),
+        locale=locale,
+        purchase_count=_int(data, "purchase_count", minimum=0, maximum=2**31 - 1, required=False),
+    )
+
+
+def catalog_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> CatalogUpdate:
+    return CatalogUpdate(
+        product_id=_req_text(data, "product_id"),
+        ts=_record_ts(data, default_ts),
+        price=cast(float, _money(data, "price", required=True)),
+        stock=cast(int, _int(data, "stock", minimum=0, maximum=2**31 - 1, required=True)),
+        name=_text(data, "name", max_len=MAX_NAME, required=False),
+        url=_url(data, "url"),
+        image_url=_url(data, "image_url"),
+        on_sale=_bool(data, "on_sale", required=False),
+    )
+
+
+def _items(data: dict[str, Any]) -> tuple[OrderItem, ...]:
+    value = data.get("items")
+    if value is None:
+        return ()
+    if type(value) is not list or len(value) > MAX_LIST:
+        raise ContractError(f"items: must be a list of at most {MAX_LIST} objects")
+    items = []
+    for i, item in enumerate(value):
+        if type(item) is not dict:
+            raise ContractError(f"items[{i}]: must be an object")
+        try:
+            items.append(OrderItem(
+                product_id=_req_text(item, "product_id"),
+                quantity=_int(item, "quantity", minimum=1, maximum=MAX_QUANTITY, required=False) or 1,
+                price=cast(float, _money(item, "price", required=True)),
+            ))
+        except ContractError as exc:
+            raise ContractError(f"items[{i}].{exc.reason}") from None
+    return tuple(items)
+
+
+def order_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> OrderUpdate:
+    """``ts`` defaults to the latest of ordered_at / shipped_at / delivered_at (an order always has
+    ``ordered_at``, so ``default_ts`` is only a signature twin of the other parsers and is not used)."""
+    order_id = _req_text(data, "order_id")
+    member_id = _req_text(data, "member_id")
+    status = _req_text(data, "status", max_len=32)
+    ordered_at = cast(int, _ts(data, "ordered_at", required=True))
+    shipped_at = _ts(data, "shipped_at", required=False)
+    delivered_at = _ts(data, "delivered_at", required=False)
+    ts = _ts(data, "ts", required=False)
+    if ts is None:
+        ts = max(t for t in (ordered_at, shipped_at, delivered_at) if t is not None)
+    return OrderUpdate(
+        order_id=order_id,
+        member_id=member_id,
+        status=status,
+        ts=ts,
+        ordered_at=ordered_at,
+        shipped_at=shipped_at,
+        delivered_at=delivered_at,
+        items=_items(data),
+        coupon=_text(data, "coupon", max_len=64, required=False),
+        total=_money(data, "total", required=False),
+    )
+
+
+def parse_beacon(raw: bytes) -> Beacon:
+    return beacon_from_dict(_loads(raw))
+
+
+def parse_beacon_fields(raw: bytes) -> BeaconFields:
+    """``parse_beacon`` without the ``Beacon`` object (same validation, same errors)."""
+    return beacon_fields(_loads(raw))
+
+
+def parse_member(raw: bytes, *, default_ts: int | None = None) -> MemberUpdate:
+    return member_from_dict(_loads(raw), default_ts=default_ts)
+
+
+def parse_catalog(raw: bytes, *, default_ts: int | None = None) -> CatalogUpdate:
+    return catalog_from_dict(_loads(raw), default_ts=default_ts)
+
+
+def parse_order(raw: bytes, *, default_ts: int | None = None) -> OrderUpdate:
+    return order_from_dict(_loads(raw), default_ts=default_ts)
+
+
+def parse_any(topic: str, raw: bytes, *, default_ts: int | None) -> Record:
+    """Parse a record of input topic ``topic`` (``beacons``, ``members``, ``catalog``, ``orders``)."""
+    if topic == BEACONS:
+        return parse_beacon(raw)
+    if topic == MEMBERS:
+        return parse_member(raw, default_ts=default_ts)
+    if topic == CATALOG:
+        return parse_catalog(raw, default_ts=default_ts)
+    if topic == ORDERS:
+        return parse_order(raw, default_ts=default_ts)
+    raise ContractError(f"topic: unknown {_short(topic)}")
+
+
+def dlq_envelope(topic: str, partition: int, offset: int, raw: bytes, reason: str, *,
+                 at_ms: int | None = None) -> bytes:
+    """The value produced to ``<topic>.dlq``: the original bytes (base64, plus the text when it is UTF-8)
+    and where they came from, so a fixed record can be re-produced as it was."""
+    try:
+        text: str | None = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    at = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+    return orjson.dumps({
+        "contract": CONTRACT_VERSION,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "reason": reason,
+        "at": datetime.fromtimestamp(at / 1000, UTC).isoformat(timespec="milliseconds"),
+        "raw_base64": base64.b64encode(raw).decode("ascii"),
+        "raw_text": text,
+    })
