@@ -8,13 +8,17 @@ worker can be asked. Tracking routes (open pixel, click redirect, unsubscribe) a
 from __future__ import annotations
 
 import asyncio
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import faust
 from faust.web import Request, Response, View
 
 from kagoflow.agents.member import profile_snapshot
 from kagoflow.core.behaviour import MemberState, current_products
+from kagoflow.core.events import BEACON_TYPES
+from kagoflow.core.shoptime import at_local_time
 
 if TYPE_CHECKING:
     from kagoflow.agents.app import Kagoflow
@@ -22,12 +26,23 @@ if TYPE_CHECKING:
 ACTION_STATE = {"cart_add": "cart", "favorite_add": "favorite", "view": "view"}
 
 
-def _ms(request: Request, name: str) -> int | None:
+def _ms(request: Request, name: str, *, tz: ZoneInfo, end_of_day: bool = False) -> int | None:
+    """A time bound of the access log: epoch ms, ISO-8601 with offset, or a shop-local date ``YYYY-MM-DD``
+    (operators filter by days: as ``to`` a date includes that whole day, the bound being exclusive)."""
     raw = request.query.get(name)
     if raw in (None, ""):
         return None
     from kagoflow.streams.contract import parse_ts
 
+    if raw.isdigit():
+        return parse_ts(int(raw), field=name)
+    if len(raw) == 10:
+        try:
+            day = date.fromisoformat(raw)
+        except ValueError:
+            pass
+        else:
+            return at_local_time(day + timedelta(days=1) if end_of_day else day, (0, 0), tz)
     return parse_ts(raw, field=name)
 
 
@@ -64,12 +79,15 @@ def add_routes(kf: Kagoflow) -> None:
         async def get(self, request: Request, member_id: str) -> Response:
             from kagoflow.core.errors import ContractError
 
+            tz = kf.ruleset.shop.timezone
             try:
-                since, until = _ms(request, "from"), _ms(request, "to")
+                since, until = _ms(request, "from", tz=tz), _ms(request, "to", tz=tz, end_of_day=True)
             except ContractError as exc:
                 return self.json({"error": exc.reason}, status=400)
             product = request.query.get("product") or None
             kind = request.query.get("type") or None
+            if kind is not None and kind not in BEACON_TYPES:
+                return self.json({"error": f"type: unknown {kind!r}"}, status=400)
             top_only = request.query.get("top_only", "") in {"1", "true", "yes"}
             state = state_of(member_id)
             history = await _history(kf, member_id=member_id, since=since, until=until, product=product, kind=kind)
