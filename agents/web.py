@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import faust
 from faust.web import Request, Response, View
 
+from kagoflow.adapters.clickhouse import ArchiveError, ClickHouseArchive
 from kagoflow.agents.member import profile_snapshot
 from kagoflow.core.behaviour import MemberState, current_products
 from kagoflow.core.events import BEACON_TYPES
@@ -62,6 +63,14 @@ def add_routes(kf: Kagoflow) -> None:
     def state_of(member_id: str) -> MemberState | None:
         return kf.processor.cache.peek(member_id)
 
+    archives: list[ClickHouseArchive] = []
+
+    def archive() -> ClickHouseArchive:
+        """One connection for all requests (it serialises its queries and reconnects by itself)."""
+        if not archives:
+            archives.append(ClickHouseArchive.from_settings(kf.settings))
+        return archives[0]
+
     @app.page("/api/members/{member_id}")
     class MemberView(View):
         @app.table_route(table=kf.member_table, match_info="member_id")  # type: ignore[arg-type]
@@ -90,7 +99,13 @@ def add_routes(kf: Kagoflow) -> None:
                 return self.json({"error": f"type: unknown {kind!r}"}, status=400)
             top_only = request.query.get("top_only", "") in {"1", "true", "yes"}
             state = state_of(member_id)
-            history = await _history(kf, member_id=member_id, since=since, until=until, product=product, kind=kind)
+            try:
+                history = await _history(archive(), member_id=member_id, since=since, until=until,
+                                         product=product, kind=kind)
+            except ArchiveError as exc:  # the live state is still worth showing while ClickHouse is away
+                return self.json({"error": f"archive: {exc}", "member_id": member_id,
+                                  "current": current_products(state) if state else [], "history": []},
+                                 status=503)
             for row in history:
                 current = state.product_state(row["product_id"]) if state and row.get("product_id") else None
                 row["is_top"] = current is not None and ACTION_STATE.get(row["type"]) == current
@@ -121,11 +136,9 @@ def add_routes(kf: Kagoflow) -> None:
             return self.json({"members": kf.processor.metrics.as_dict(), "products": len(kf.catalog.products)})
 
 
-async def _history(kf: Kagoflow, **query: Any) -> list[dict[str, Any]]:
-    from kagoflow.adapters.clickhouse import ClickHouseArchive
+async def _history(archive: ClickHouseArchive, **query: Any) -> list[dict[str, Any]]:
     from kagoflow.archive.queries import history
 
-    archive = ClickHouseArchive.from_settings(kf.settings)
     return await asyncio.to_thread(
         history, archive, member_id=query["member_id"], since_ms=query["since"], until_ms=query["until"],
         product_id=query["product"], type=query["kind"],
