@@ -62,6 +62,9 @@ class Kagoflow:
     processor: MemberProcessor
     catalog: CatalogFollower
     member_table: Any
+    archiver: Any = None
+    """The in-process ``kagoflow.archive.Archiver`` when ``archive_enabled``."""
+    deliverer: Any = None
 
 
 def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflow:
@@ -127,7 +130,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     )
     ticks = app.topic(names.ticks, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     kf = Kagoflow(app=app, settings=settings, ruleset=ruleset, processor=processor, catalog=catalog,
-                  member_table=member_table)
+                  member_table=member_table, deliverer=deliverer)
 
     @app.agent(member_topics, name="kagoflow-members")
     async def member_agent(stream: Any) -> None:  # a faust.Stream (StreamT lacks noack)
@@ -161,9 +164,17 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         if settings.archive_enabled:
             from kagoflow.archive.archiver import Archiver
 
-            archiver = Archiver(settings)
-            await archiver.start()
-            app.add_future(archiver.run())
+            kf.archiver = Archiver(settings)
+            await kf.archiver.start()
+            app.add_future(kf.archiver.run())
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_services(sender: Any, **_: Any) -> None:
+        if kf.archiver is not None:
+            await kf.archiver.stop()  # flushes the pending batch and leaves the group at once
+        await deliverer.close()
+        await engagement.close()
+        await catalog.stop()
 
     make_catalog_agent(app, settings=settings, ruleset=ruleset, outbox=outbox)
     make_delivery_agent(app, settings=settings, catalog=catalog, store=store, deliverer=deliverer)

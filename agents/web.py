@@ -133,7 +133,12 @@ def add_routes(kf: Kagoflow) -> None:
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"members": kf.processor.metrics.as_dict(), "products": len(kf.catalog.products)})
+            return self.json({
+                "members": kf.processor.metrics.as_dict(),
+                "products": len(kf.catalog.products),
+                "delivery": dict(kf.deliverer.metrics) if kf.deliverer is not None else None,
+                "archive": kf.archiver.metrics.snapshot() if kf.archiver is not None else None,
+            })
 
 
 async def _history(archive: ClickHouseArchive, **query: Any) -> list[dict[str, Any]]:
