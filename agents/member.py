@@ -172,7 +172,7 @@ class MemberProcessor:
             elif kind == "kagoflow-catalog-events":
                 decisions += self._on_trigger(partition, value)
             else:
-                decisions += self._on_member_record(kind, value, timestamp_ms, partition)
+                decisions += self._on_member_record(kind, value, timestamp_ms, partition, offset)
         except ContractError as exc:
             await self._dead_letter(topic, partition, offset, value, exc.reason)
         except Exception as exc:  # a bug must not kill the worker or lose the record: park it
@@ -185,7 +185,9 @@ class MemberProcessor:
             await self.flush(partition, now)
 
     # -- record kinds ------------------------------------------------------------------------------
-    def _on_member_record(self, kind: str, value: bytes, timestamp_ms: int, partition: int) -> list[Decision]:
+    def _on_member_record(
+        self, kind: str, value: bytes, timestamp_ms: int, partition: int, offset: int
+    ) -> list[Decision]:
         record: Beacon | MemberUpdate | OrderUpdate
         if kind == "beacons":
             record = contract.parse_beacon(value)
@@ -196,7 +198,10 @@ class MemberProcessor:
         else:
             raise ContractError(f"topic: not a member topic {kind!r}")
         state = self.cache.get(record.member_id)
-        if isinstance(record, Beacon) and state.seen_event(record.event_id):
+        # Profiles and orders carry no event id: their offset identifies them, so a record replayed after a
+        # crash (state flushed, offset not yet committed) is not applied twice. "\x00" never occurs in an id.
+        replay_key = record.event_id if isinstance(record, Beacon) else f"\x00{kind}@{offset}"
+        if state.seen_event(replay_key):
             self.metrics.duplicates += 1
             return []
         state.touched = ()
