@@ -1,0 +1,231 @@
+"""Benchmark: render + send N mails through the Deliverer with SMTP pool sizes 1, 4 and 8.
+
+    .venv/bin/python bench/mail_send.py [--mails 20000] [--pools 1,4,8] [--no-redis]
+
+The SMTP sink is an aiosmtpd server in a separate process that counts and discards mails (so the sink's
+own disk writes are not measured). With Redis reachable (``KAGOFLOW_REDIS_URL``, default the local stack)
+each mail takes the worker's full path: suppression check + ledger reservation, render, build, SMTP,
+ledger confirmation, delivery event (to an in-memory sink). ``--no-redis`` measures render + build + SMTP
+only. Also prints the render + build cost per mail without any I/O.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
+from kagoflow.adapters.smtp import SmtpPool
+from kagoflow.core.catalog import ProductInfo
+from kagoflow.core.decisions import Decision
+from kagoflow.mail.context import MemberProfile
+from kagoflow.mail.delivery import Deliverer, DeliveryJob
+from kagoflow.mail.engagement import MemorySink
+from kagoflow.mail.message import compose
+from kagoflow.mail.templates import MailTemplates
+from kagoflow.settings import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _sink_main(port: int, counter: Any, ready: Any) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    class Discard:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            with counter.get_lock():
+                counter.value += 1
+            return "250 OK"
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(Discard(), hostname="bench-sink", decode_data=False, enable_SMTPUTF8=True),
+            host="127.0.0.1",
+            port=port,
+        )
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except ImportError:
+        asyncio.run(serve())
+
+
+def _jobs(n: int, run: str) -> list[DeliveryJob]:
+    products = [
+        ProductInfo(
+            product_id=f"sku{i}",
+            price=1980.0 + 100 * i,
+            stock=5,
+            updated_ms=0,
+            name=f"ベンチ商品 {i}",
+            url=f"https://shop.example.com/items/sku{i}",
+            image_url=f"https://shop.example.com/img/sku{i}.jpg",
+        )
+        for i in range(5)
+    ]
+    jobs: list[DeliveryJob] = []
+    for i in range(n):
+        member = f"bench{i}"
+        decision = Decision(
+            member_id=member,
+            rule_id="cart-1h",
+            kind="abandonment",
+            status="sent",
+            reason="",
+            products=tuple(p.product_id for p in products[: 3 + i % 3]),
+            due_ms=0,
+            at_ms=0,
+            episode=run,
+            template=("cart", "favorite", "view")[i % 3],
+            coupon="CART10" if i % 2 else None,
+        )
+        profile = MemberProfile(
+            member_id=member,
+            email=f"{member}@example.com",
+            name=f"会員 {i}",
+            opt_in=True,
+            device=("pc", "smartphone", "mobile")[i % 3],
+        )
+        jobs.append((decision, profile, products))
+    return jobs
+
+
+def render_cost_us(settings: Settings, jobs: list[DeliveryJob], n: int = 2000) -> float:
+    templates = MailTemplates(settings.templates_dir)
+    started = time.perf_counter()
+    for decision, profile, products in jobs[:n]:
+        compose(
+            decision, profile=profile, products=products, settings=settings, templates=templates, sent_ms=1
+        )
+    return (time.perf_counter() - started) / min(n, len(jobs)) * 1e6
+
+
+async def run_once(
+    settings: Settings, *, pool_size: int, jobs: list[DeliveryJob], port: int, use_redis: bool
+) -> tuple[float, float, dict[str, int]]:
+    prefix = f"bench_{uuid.uuid4().hex[:8]}:"
+    store = RedisStore.from_url(settings.redis_url, prefix=prefix)
+    pool = SmtpPool(host="127.0.0.1", port=port, size=pool_size)
+    deliverer = Deliverer(settings, store=store, sink=MemorySink(), pool=pool, concurrency=8 * pool_size)
+    await deliverer.start()
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    try:
+        if use_redis:
+            results = await deliverer.deliver_many(jobs)
+            statuses = [r.status for r in results]
+        else:
+            templates = deliverer.templates
+            gate = asyncio.Semaphore(8 * pool_size)
+
+            async def send(job: DeliveryJob) -> str:
+                async with gate:
+                    mail = compose(
+                        job[0],
+                        profile=job[1],
+                        products=job[2],
+                        settings=settings,
+                        templates=templates,
+                        sent_ms=1,
+                    )
+                    await pool.send(sender=mail.sender, recipient=mail.recipient, data=mail.data)
+                    return "delivered"
+
+            statuses = list(await asyncio.gather(*(send(job) for job in jobs)))
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+    finally:
+        await deliverer.close()
+        if use_redis:
+            keys = [key async for key in store.client.scan_iter(match=prefix + "*", count=5000)]
+            for i in range(0, len(keys), 1000):
+                await store.client.delete(*keys[i : i + 1000])
+        await store.close()
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return elapsed, cpu, counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mails", type=int, default=20000)
+    parser.add_argument("--pools", default="1,4,8")
+    parser.add_argument("--no-redis", action="store_true")
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    use_redis = not args.no_redis
+    if use_redis:
+
+        async def ping() -> None:
+            store = RedisStore.from_url(settings.redis_url)
+            try:
+                await store.ping()
+            finally:
+                await store.close()
+
+        try:
+            asyncio.run(ping())
+        except StoreUnavailable:
+            print(f"redis at {settings.redis_url} unreachable: measuring without the ledger", file=sys.stderr)
+            use_redis = False
+
+    ctx = multiprocessing.get_context("spawn")
+    counter, ready = ctx.Value("q", 0), ctx.Event()
+    port = _free_port()
+    sink = ctx.Process(target=_sink_main, args=(port, counter, ready), daemon=True)
+    sink.start()
+    if not ready.wait(15):
+        raise SystemExit("bench SMTP sink did not start")
+    try:
+        run = uuid.uuid4().hex[:8]
+        jobs = _jobs(args.mails, run)
+        print(f"render + build only: {render_cost_us(settings, jobs):.0f} µs/mail (no I/O)")
+        mode = "full path (Redis ledger + SMTP)" if use_redis else "render + SMTP (no Redis)"
+        print(f"{args.mails} mails per run, {mode}, sink in a separate process")
+        print(f"{'pool':>4}  {'seconds':>8}  {'mails/s':>8}  {'client CPU µs/mail':>18}  results")
+        for pool_size in (int(p) for p in args.pools.split(",")):
+            before = counter.value
+            jobs = _jobs(args.mails, f"{run}-{pool_size}")
+            try:
+                import uvloop
+
+                elapsed, cpu, counts = uvloop.run(
+                    run_once(settings, pool_size=pool_size, jobs=jobs, port=port, use_redis=use_redis)
+                )
+            except ImportError:
+                elapsed, cpu, counts = asyncio.run(
+                    run_once(settings, pool_size=pool_size, jobs=jobs, port=port, use_redis=use_redis)
+                )
+            received = counter.value - before
+            print(
+                f"{pool_size:>4}  {elapsed:>8.2f}  {args.mails / elapsed:>8.0f}  {cpu / args.mails * 1e6:>18.0f}  "
+                f"{counts} (sink got {received})"
+            )
+    finally:
+        sink.terminate()
+        sink.join(5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""All Redis access: send caps (check-and-count), the idempotent send ledger and the suppression list.
+
+Every multi-step operation is one Lua script, so it is atomic and costs one round trip. Any Redis failure
+surfaces as ``StoreUnavailable``: callers wait and retry — a mail is never sent uncapped or unrecorded
+because Redis was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from kagoflow.core.caps import CapRequest
+
+T = TypeVar("T")
+DAY_S = 86_400
+COUNTER_TTL_S = 40 * DAY_S
+"""Cap counters outlive the longest period (a month) they count."""
+ANSWER_TTL_S = 60 * DAY_S
+"""Cap answers and ledger entries outlive any replay of a decision."""
+
+LedgerState = Literal["reserved", "sent", "failed"]
+
+
+class StoreUnavailable(RuntimeError):
+    """Redis could not be reached or answered with an error; retry later."""
+
+
+async def _guard(call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        raise StoreUnavailable(f"redis error: {exc}") from exc
+
+
+class _Batcher:
+    """Commands issued by concurrent tasks in the same event-loop turn go to Redis as one pipeline.
+
+    Many mails are delivered concurrently; without this each pays a full round trip (and redis-py's
+    per-command overhead) for its ledger reservation and confirmation. Every caller still awaits its own
+    command's result, so the semantics of each call are unchanged.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, *command: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((command, future))
+        if len(self._queue) == 1:
+            loop.call_soon(self._start_flush)
+        return await future
+
+    def _start_flush(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self) -> None:
+        queue, self._queue = self._queue, []
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command, _ in queue:
+                    pipe.execute_command(*command)
+                results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _, future in queue:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(queue, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+_CAP_LUA = """
+local answer = redis.call('GET', KEYS[1])
+if answer then return tonumber(answer) end
+local n = #KEYS - 1
+for i = 1, n do
+  local count = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if count >= tonumber(ARGV[i]) then
+    redis.call('SET', KEYS[1], 0, 'EX', ARGV[n + 2])
+    return 0
+  end
+end
+for i = 1, n do
+  redis.call('INCR', KEYS[i + 1])
+  redis.call('EXPIRE', KEYS[i + 1], ARGV[n + 1])
+end
+redis.call('SET', KEYS[1], 1, 'EX', ARGV[n + 2])
+return 1
+"""
+
+
+class RedisCapStore:
+    """``kagoflow.core.caps.CapStore`` on Redis: one script checks every counter, counts all or none, and
+    remembers the answer under the decision's key so a replayed decision gets the same answer uncounted."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "kf:", batcher: _Batcher | None = None) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._batcher = batcher or _Batcher(client)
+
+    async def acquire(self, request: CapRequest) -> bool:
+        keys = [f"{self._prefix}capanswer:{request.key}"]
+        keys += [self._prefix + name for name, _ in request.counters]
+        args = [limit for _, limit in request.counters] + [COUNTER_TTL_S, ANSWER_TTL_S]
+        answer = await _guard(lambda: self._batcher.call("EVAL", _CAP_LUA, len(keys), *keys, *args))
+        return bool(int(answer))
+
+    async def count(self, counter: str) -> int:
+        """Current value of one cap counter (for tests and operators)."""
+        value = await _guard(lambda: self._client.get(self._prefix + counter))
+        return int(value or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    state: LedgerState
+    at_ms: int
+    detail: str = ""
+
+    def encode(self) -> str:
+        return f"{self.state}|{self.at_ms}|{self.detail}"
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> LedgerEntry:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        state, at_ms, detail = text.split("|", 2)
+        if state not in ("reserved", "sent", "failed"):
+            raise ValueError(f"bad ledger entry {text!r}")
+        return cls(state=state, at_ms=int(at_ms), detail=detail)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Answer of ``RedisStore.reserve``: exactly one of the three outcomes."""
+
+    reserved: bool = False
+    """The caller now owns the send of this decision."""
+    existing: LedgerEntry | None = None
+    """The decision was reserved before (by this or an earlier process)."""
+    suppressed: str | None = None
+    """The member or address is on the suppression list: the reason."""
+
+
+_RESERVE_LUA = """
+local existing = redis.call('GET', KEYS[3])
+if existing then return {'exists', existing} end
+local reason = redis.call('HGET', KEYS[1], ARGV[1])
+if not reason and ARGV[2] ~= '' then reason = redis.call('HGET', KEYS[2], ARGV[2]) end
+if reason then return {'suppressed', reason} end
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+return {'reserved', ''}
+"""
+
+
+class RedisStore:
+    """Send ledger and suppression list (and the cap store as ``caps``) under one key prefix."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "kf:") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._batcher = _Batcher(client)
+        self.caps = RedisCapStore(client, prefix=prefix, batcher=self._batcher)
+        self._suppressed_members = f"{prefix}suppressed:member"
+        self._suppressed_emails = f"{prefix}suppressed:email"
+        self._uncertain = f"{prefix}ledger:uncertain"
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "kf:") -> RedisStore:
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
+        return cls(client, prefix=prefix)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> None:
+        await _guard(lambda: self.client.ping())
+
+    def _ledger_key(self, key: str) -> str:
+        return f"{self.prefix}ledger:{key}"
+
+    # -- send ledger -----------------------------------------------------------------------------------
+
+    async def reserve(self, key: str, *, member_id: str, email: str, now_ms: int) -> Reservation:
+        """Atomically: an existing ledger entry wins, then the suppression list, else reserve ``key``."""
+        keys = [self._suppressed_members, self._suppressed_emails, self._ledger_key(key)]
+        args: list[str | int] = [
+            member_id,
+            _norm_email(email),
+            LedgerEntry("reserved", now_ms).encode(),
+            ANSWER_TTL_S,
+        ]
+        kind, value = await _guard(lambda: self._batcher.call("EVAL", _RESERVE_LUA, len(keys), *keys, *args))
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "reserved":
+            return Reservation(reserved=True)
+        if kind == "exists":
+            return Reservation(existing=LedgerEntry.decode(value))
+        return Reservation(suppressed=_reason(value))
+
+    async def confirm(self, key: str, *, state: LedgerState = "sent", now_ms: int, detail: str = "") -> None:
+        entry = LedgerEntry(state, now_ms, detail.replace("|", "/")).encode()
+        await _guard(lambda: self._batcher.call("SET", self._ledger_key(key), entry, "EX", ANSWER_TTL_S))
+
+    async def release(self, key: str) -> None:
+        """Forget a reservation whose mail was certainly not sent, so a later replay may try again."""
+        await _guard(lambda: self.client.delete(self._ledger_key(key)))
+
+    async def state(self, key: str) -> LedgerEntry | None:
+        raw = await _guard(lambda: self.client.get(self._ledger_key(key)))
+        return None if raw is None else LedgerEntry.decode(raw)
+
+    async def note_uncertain(self, key: str) -> None:
+        await _guard(lambda: self.client.sadd(self._uncertain, key))
+
+    async def count_uncertain(self) -> int:
+        """Decisions met reserved-but-never-confirmed (a crash or lost connection mid-send): not resent."""
+        return int(await _guard(lambda: self.client.scard(self._uncertain)))
+
+    async def uncertain_keys(self) -> list[str]:
+        members = await _guard(lambda: self.client.smembers(self._uncertain))
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+
+    # -- suppression list ------------------------------------------------------------------------------
+
+    async def suppress(
+        self, *, member_id: str | None = None, email: str | None = None, reason: str, now_ms: int
+    ) -> None:
+        """Stop all marketing mail to the member and/or the address (unsubscribe, hard bounce)."""
+        value = f"{reason}|{now_ms}"
+        async with self.client.pipeline(transaction=True) as pipe:
+            if member_id:
+                pipe.hset(self._suppressed_members, member_id, value)
+            if email:
+                pipe.hset(self._suppressed_emails, _norm_email(email), value)
+            await _guard(pipe.execute)
+
+    async def suppression_reason(self, *, member_id: str | None = None, email: str | None = None) -> str | None:
+        if member_id:
+            raw = await _guard(lambda: self.client.hget(self._suppressed_members, member_id))
+            if raw is not None:
+                return _reason(raw)
+        if email:
+            raw = await _guard(lambda: self.client.hget(self._suppressed_emails, _norm_email(email)))
+            if raw is not None:
+                return _reason(raw)
+        return None
+
+    async def unsuppress(self, *, member_id: str | None = None, email: str | None = None) -> None:
+        """Re-subscribe (an operator action, e.g. after a member opted in again)."""
+        if member_id:
+            await _guard(lambda: self.client.hdel(self._suppressed_members, member_id))
+        if email:
+            await _guard(lambda: self.client.hdel(self._suppressed_emails, _norm_email(email)))
+
+
+def _norm_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def _reason(raw: str | bytes) -> str:
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    return text.rsplit("|", 1)[0]

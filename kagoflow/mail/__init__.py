@@ -1,0 +1,1 @@
+"""Mail: templates and rendering, message building, tracking tokens, delivery and the preview commands."""

@@ -1,0 +1,222 @@
+"""Delivering decided mails exactly once: suppression, ledger reservation, SMTP with retries, confirmation.
+
+For each ``sent`` decision:
+1. render and build the message (a template or address problem fails here, before anything is recorded);
+2. one Redis call: a ledger entry for the decision's key wins (``duplicate`` when it was sent or failed,
+   ``uncertain`` when it was reserved but never confirmed — a crash or a connection lost mid-DATA: counted
+   and reported, never resent), else a suppressed member or address gives ``suppressed``, else the key is
+   reserved for this send;
+3. SMTP with exponential backoff on 4xx and lost connections, for at most ``retry_seconds``; a 5xx puts the
+   member and address on the suppression list (``failed``);
+4. the ledger entry is confirmed, and a ``delivery`` engagement event goes to the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
+from kagoflow.adapters.smtp import SmtpPermanentError, SmtpPool, SmtpTemporaryError, SmtpUncertainError
+from kagoflow.core.catalog import ProductInfo
+from kagoflow.core.decisions import Decision
+from kagoflow.mail.context import MemberProfile
+from kagoflow.mail.engagement import EngagementSink, engagement_event
+from kagoflow.mail.message import MessageError, OutgoingMail, compose
+from kagoflow.mail.ratelimit import TokenBucket
+from kagoflow.mail.templates import MailTemplates, TemplateError
+from kagoflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NOT_A_BOUNCE = frozenset({500, 501, 502, 503, 504, 530, 534, 535, 538})
+"""5xx replies about our own protocol use or authentication: the mail fails, the member is not suppressed."""
+DeliveryStatus = Literal["delivered", "duplicate", "suppressed", "failed", "uncertain"]
+DeliveryJob = tuple[Decision, MemberProfile, Sequence[ProductInfo]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    status: DeliveryStatus
+    detail: str = ""
+    message_id: str | None = None
+    attempts: int = 0
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: RedisStore,
+        sink: EngagementSink,
+        pool: SmtpPool | None = None,
+        templates: MailTemplates | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+        retry_seconds: float | None = None,
+        retry_base_delay: float = 0.5,
+        retry_max_delay: float = 30.0,
+        concurrency: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sink = sink
+        self.pool = pool or SmtpPool.from_settings(settings)
+        self.templates = templates or MailTemplates(settings.templates_dir)
+        self.clock = clock
+        self.retry_seconds = settings.smtp_retry_seconds if retry_seconds is None else retry_seconds
+        self.retry_base_delay = retry_base_delay
+        self.retry_max_delay = retry_max_delay
+        self.concurrency = concurrency or max(8, 4 * self.pool.size)
+        self.bucket = TokenBucket(settings.smtp_rate_per_second)
+        self._in_flight: set[str] = set()
+        self.metrics: Counter[str] = Counter()
+        """delivered / duplicate / suppressed / failed / uncertain per result, plus retried (SMTP attempts
+        repeated) and emit_failed (engagement events the sink refused)."""
+
+    async def start(self) -> None:
+        await self.pool.start()
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def deliver(
+        self, decision: Decision, *, profile: MemberProfile, products: Sequence[ProductInfo]
+    ) -> DeliveryResult:
+        """Send the mail of a ``sent`` decision at most once. Raises ``StoreUnavailable`` when Redis is
+        away; the caller retries later, and a decision whose mail went out before Redis failed comes back
+        as ``duplicate`` or ``uncertain``, never as a second mail."""
+        if decision.status != "sent":
+            raise ValueError(f"only 'sent' decisions are delivered, got {decision.status!r}")
+        if decision.key in self._in_flight:
+            # Same decision handed in twice at once: not a crash leftover, so not "uncertain".
+            result = DeliveryResult("duplicate", "already in flight")
+        else:
+            self._in_flight.add(decision.key)
+            try:
+                result = await self._deliver(decision, profile, products)
+            finally:
+                self._in_flight.discard(decision.key)
+        self.metrics[result.status] += 1
+        await self._emit(decision, result)
+        return result
+
+    async def deliver_many(self, jobs: Iterable[DeliveryJob]) -> list[DeliveryResult]:
+        """Deliver concurrently (at most ``concurrency`` at once); results in job order. An exception (Redis
+        unavailable) cancels the rest and propagates."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(job: DeliveryJob) -> DeliveryResult:
+            async with gate:
+                return await self.deliver(job[0], profile=job[1], products=job[2])
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(job)) for job in jobs]
+        return [task.result() for task in tasks]
+
+    async def _deliver(
+        self, decision: Decision, profile: MemberProfile, products: Sequence[ProductInfo]
+    ) -> DeliveryResult:
+        if not profile.opt_in:
+            return DeliveryResult("suppressed", "no_consent")
+        now = self.clock()
+        try:
+            mail = compose(
+                decision,
+                profile=profile,
+                products=products,
+                settings=self.settings,
+                templates=self.templates,
+                sent_ms=now,
+            )
+        except (TemplateError, MessageError) as exc:
+            return DeliveryResult("failed", f"build: {exc}")
+        reservation = await self.store.reserve(
+            decision.key, member_id=decision.member_id, email=profile.email, now_ms=now
+        )
+        if reservation.suppressed is not None:
+            return DeliveryResult("suppressed", reservation.suppressed)
+        if reservation.existing is not None:
+            entry = reservation.existing
+            if entry.state == "reserved":
+                await self.store.note_uncertain(decision.key)
+                return DeliveryResult("uncertain", f"reserved at {entry.at_ms}, never confirmed; not resent")
+            return DeliveryResult("duplicate", f"already {entry.state} at {entry.at_ms}")
+        return await self._send_reserved(decision, mail)
+
+    async def _send_reserved(self, decision: Decision, mail: OutgoingMail) -> DeliveryResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_seconds
+        delay = self.retry_base_delay
+        attempts = 0
+        while True:
+            attempts += 1
+            await self.bucket.acquire()
+            try:
+                reply = await self.pool.send(
+                    sender=mail.sender, recipient=mail.recipient, data=mail.data, smtputf8=mail.smtputf8
+                )
+            except SmtpPermanentError as exc:
+                detail = f"bounce: {exc}"
+                if exc.code not in NOT_A_BOUNCE:
+                    await self.store.suppress(
+                        member_id=decision.member_id, email=mail.recipient, reason=detail, now_ms=self.clock()
+                    )
+                else:
+                    detail = f"refused: {exc}"
+                await self.store.confirm(decision.key, state="failed", now_ms=self.clock(), detail=detail)
+                return DeliveryResult("failed", detail, mail.message_id, attempts)
+            except SmtpUncertainError as exc:
+                await self.store.note_uncertain(decision.key)
+                return DeliveryResult("uncertain", str(exc), mail.message_id, attempts)
+            except SmtpTemporaryError as exc:
+                wait = delay * random.uniform(0.5, 1.0)
+                if loop.time() + wait > deadline:
+                    await self.store.release(decision.key)
+                    detail = f"gave up after {attempts} attempts: {exc}"
+                    return DeliveryResult("failed", detail, mail.message_id, attempts)
+                self.metrics["retried"] += 1
+                log.info("smtp temporary failure for %s (attempt %d): %s", decision.key, attempts, exc)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self.retry_max_delay)
+                continue
+            await self._confirm_sent(decision.key, mail.message_id)
+            return DeliveryResult("delivered", reply, mail.message_id, attempts)
+
+    async def _confirm_sent(self, key: str, message_id: str) -> None:
+        """The mail is out: try hard to record it (a short Redis hiccup must not leave it 'uncertain')."""
+        for delay in (0.2, 0.5, 1.0, 2.0, 4.0):
+            try:
+                await self.store.confirm(key, state="sent", now_ms=self.clock(), detail=message_id)
+                return
+            except StoreUnavailable:
+                log.warning("ledger confirmation of %s failed; retrying in %.1fs", key, delay)
+                await asyncio.sleep(delay)
+        await self.store.confirm(key, state="sent", now_ms=self.clock(), detail=message_id)
+
+    async def _emit(self, decision: Decision, result: DeliveryResult) -> None:
+        event = engagement_event(
+            "delivery",
+            key=decision.key,
+            member_id=decision.member_id,
+            rule=decision.rule_id,
+            at_ms=self.clock(),
+            status=result.status,
+            detail=result.detail,
+        )
+        try:
+            await self.sink.emit(event)
+        except Exception:
+            # The mail's fate is already recorded in the ledger; a sink outage must not turn it into a retry.
+            self.metrics["emit_failed"] += 1
+            log.exception("engagement sink refused a delivery event for %s", decision.key)

@@ -1,0 +1,1 @@
+"""The worker's HTTP server: operator API and the tracking endpoints mail recipients reach."""

@@ -1,0 +1,123 @@
+"""RedisStore / RedisCapStore against the stack's Redis (each test under its own key prefix)."""
+
+from __future__ import annotations
+
+import asyncio
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
+from kagoflow.core.caps import CapLimits, CapRequest, InMemoryCapStore, cap_request
+from kagoflow.core.shoptime import from_local
+from tests.mail.helpers import free_port, redis_store_fixture  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+TOKYO = ZoneInfo("Asia/Tokyo")
+LIMITS = CapLimits(day=1, week=2, month=3)
+
+
+def _at(day: int, hour: int = 12) -> int:
+    from datetime import datetime
+
+    return from_local(datetime(2026, 3, day, hour, 0, tzinfo=TOKYO))
+
+
+def _request(key: str, at_ms: int, limits: CapLimits = LIMITS) -> CapRequest:
+    return cap_request(member_id="m1", key=key, at_ms=at_ms, limits=limits, tz=TOKYO)
+
+
+async def test_day_week_and_month_limits(redis_store: RedisStore) -> None:
+    caps = redis_store.caps
+    # 2026-03-02 is a Monday: days 2..8 are one ISO week, 9..15 the next.
+    assert await caps.acquire(_request("k1", _at(2, 9)))
+    assert not await caps.acquire(_request("k2", _at(2, 18))), "day limit 1"
+    assert await caps.acquire(_request("k3", _at(3)))
+    assert not await caps.acquire(_request("k4", _at(4))), "week limit 2"
+    assert await caps.acquire(_request("k5", _at(9)))
+    assert not await caps.acquire(_request("k6", _at(10))), "month limit 3"
+    assert not await caps.acquire(_request("k7", _at(20)))
+    counters = {name: await caps.count(name) for name, _ in _request("x", _at(9)).counters}
+    assert sorted(counters.values()) == [1, 1, 3]  # refused calls counted nothing
+
+
+async def test_replay_of_a_key_returns_the_first_answer_without_counting(redis_store: RedisStore) -> None:
+    caps = redis_store.caps
+    first = _request("same-key", _at(2))
+    assert await caps.acquire(first)
+    assert await caps.acquire(first)
+    assert await caps.acquire(first)
+    day_counter = first.counters[0][0]
+    assert await caps.count(day_counter) == 1
+    refused = _request("other-key", _at(2))
+    assert not await caps.acquire(refused)
+    assert not await caps.acquire(refused)
+    assert await caps.count(day_counter) == 1
+
+
+async def test_matches_the_in_memory_store_on_a_sequence(redis_store: RedisStore) -> None:
+    memory = InMemoryCapStore()
+    limits = CapLimits(day=2, week=3, month=5)
+    sequence = [(f"k{i % 9}", _at(1 + (i * 7) % 28, 8 + i % 10)) for i in range(40)]
+    for key, at_ms in sequence:
+        request = _request(key, at_ms, limits)
+        assert await redis_store.caps.acquire(request) == await memory.acquire(request), (key, at_ms)
+
+
+async def test_concurrent_acquires_never_exceed_the_limit(redis_store: RedisStore) -> None:
+    limits = CapLimits(day=5)
+    results = await asyncio.gather(
+        *(redis_store.caps.acquire(_request(f"c{i}", _at(5), limits)) for i in range(50))
+    )
+    assert sum(results) == 5
+
+
+async def test_counters_expire_after_the_period_and_answers_later(redis_store: RedisStore) -> None:
+    request = _request("ttl", _at(2))
+    await redis_store.caps.acquire(request)
+    counter_ttl = await redis_store.client.ttl(redis_store.prefix + request.counters[2][0])
+    answer_ttl = await redis_store.client.ttl(f"{redis_store.prefix}capanswer:ttl")
+    assert 31 * 86400 < counter_ttl <= 40 * 86400
+    assert answer_ttl > counter_ttl
+
+
+async def test_ledger_reserve_confirm_and_replay(redis_store: RedisStore) -> None:
+    first = await redis_store.reserve("m1|r|e1", member_id="m1", email="a@example.com", now_ms=1000)
+    assert first.reserved
+    again = await redis_store.reserve("m1|r|e1", member_id="m1", email="a@example.com", now_ms=2000)
+    assert not again.reserved and again.existing is not None and again.existing.state == "reserved"
+    assert again.existing.at_ms == 1000
+    await redis_store.confirm("m1|r|e1", now_ms=3000, detail="<id@x>")
+    entry = await redis_store.state("m1|r|e1")
+    assert entry is not None and (entry.state, entry.at_ms, entry.detail) == ("sent", 3000, "<id@x>")
+    await redis_store.release("m1|r|e2")
+    assert await redis_store.state("m1|r|e2") is None
+    assert await redis_store.count_uncertain() == 0
+    await redis_store.note_uncertain("m1|r|e1")
+    await redis_store.note_uncertain("m1|r|e1")
+    assert await redis_store.count_uncertain() == 1
+    assert await redis_store.uncertain_keys() == ["m1|r|e1"]
+
+
+async def test_suppression_by_member_and_by_address(redis_store: RedisStore) -> None:
+    await redis_store.suppress(member_id="m2", reason="unsubscribe", now_ms=1)
+    await redis_store.suppress(email="Bounce@Example.com", reason="bounce: 550 user unknown", now_ms=2)
+    assert await redis_store.suppression_reason(member_id="m2") == "unsubscribe"
+    assert await redis_store.suppression_reason(email="bounce@example.com") == "bounce: 550 user unknown"
+    assert await redis_store.suppression_reason(member_id="m3", email="ok@example.com") is None
+    by_member = await redis_store.reserve("m2|r|e", member_id="m2", email="x@example.com", now_ms=5)
+    by_email = await redis_store.reserve("m4|r|e", member_id="m4", email="BOUNCE@example.com", now_ms=5)
+    assert by_member.suppressed == "unsubscribe" and not by_member.reserved
+    assert by_email.suppressed == "bounce: 550 user unknown"
+    assert await redis_store.state("m2|r|e") is None  # nothing reserved for a suppressed member
+    await redis_store.unsuppress(member_id="m2")
+    assert (await redis_store.reserve("m2|r|e", member_id="m2", email="x@example.com", now_ms=6)).reserved
+
+
+async def test_unreachable_redis_raises_store_unavailable() -> None:
+    store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(StoreUnavailable):
+        await store.caps.acquire(_request("k", _at(2)))
+    with pytest.raises(StoreUnavailable):
+        await store.reserve("k", member_id="m", email="a@b.c", now_ms=0)
+    await store.close()
