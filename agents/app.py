@@ -18,6 +18,7 @@ from faust.types import TP
 
 from kagoflow.adapters.catalog_follower import CatalogFollower
 from kagoflow.adapters.engagement import KafkaEngagementSink
+from kagoflow.adapters.kafka_outbox import KafkaOutbox
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.agents.catalog import make_catalog_agent
 from kagoflow.agents.delivery import make_delivery_agent
@@ -33,23 +34,6 @@ from kagoflow.streams.topics import Topics
 from kagoflow.web.tracking import add_tracking_routes
 
 log = logging.getLogger(__name__)
-
-
-class FaustOutbox:
-    """``Outbox`` over Faust's producer (so produced records share the app's producer and flushing)."""
-
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
-        self._topics: dict[str, Any] = {}
-
-    def _topic(self, name: str) -> Any:
-        topic = self._topics.get(name)
-        if topic is None:
-            topic = self._topics[name] = self._app.topic(name, key_serializer="raw", value_serializer="raw")
-        return topic
-
-    async def send(self, topic: str, *, key: bytes | None, value: bytes, partition: int | None = None) -> Any:
-        return await self._topic(topic).send(key=key, value=value, partition=partition)
 
 
 @dataclass
@@ -102,7 +86,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     names = Topics(settings.topic_prefix)
     catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone,
                               topic=Topics(settings.topic_prefix).catalog)
-    outbox = FaustOutbox(app)
+    outbox = KafkaOutbox(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.app_id}-outbox")
     store = RedisStore.from_url(settings.redis_url, prefix=f"{settings.app_id}:")
     engagement = KafkaEngagementSink(settings, topic=names.engagement)
     deliverer = Deliverer(settings, store=store, sink=engagement)
@@ -158,6 +142,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
 
     @app.task
     async def start_services() -> None:
+        await outbox.start()
         await catalog.start()
         await engagement.start()
         await deliverer.start()
@@ -175,6 +160,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         await deliverer.close()
         await engagement.close()
         await catalog.stop()
+        await outbox.stop()
 
     make_catalog_agent(app, settings=settings, ruleset=ruleset, outbox=outbox)
     make_delivery_agent(app, settings=settings, catalog=catalog, store=store, deliverer=deliverer)
