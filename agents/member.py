@@ -34,6 +34,8 @@ from kagoflow.worker.book import PartitionBook, StateCache
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+FLUSH_CHUNK = 100
+"""Members written per handled event while a flush is under way (Faust's producer buffer holds 100)."""
 
 
 def wall_clock_ms() -> int:
@@ -140,7 +142,6 @@ class MemberProcessor:
         self.books: dict[int, PartitionBook[MemberState, Ackable]] = {}
         self.indexes: dict[int, WatchIndex] = {}
         self.unindexed: set[int] = set()
-        self.in_flight: list[Awaitable[Any]] = []
         self.metrics = Metrics()
 
     # -- table access ----------------------------------------------------------------------------
@@ -174,15 +175,14 @@ class MemberProcessor:
             else:
                 decisions += self._on_member_record(kind, value, timestamp_ms, partition, offset)
         except ContractError as exc:
-            await self._dead_letter(topic, partition, offset, value, exc.reason)
+            await self._dead_letter(book, topic, partition, offset, value, exc.reason)
         except Exception as exc:  # a bug must not kill the worker or lose the record: park it
             log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
-            await self._dead_letter(topic, partition, offset, value, f"internal: {type(exc).__name__}: {exc}")
+            await self._dead_letter(book, topic, partition, offset, value, f"internal: {type(exc).__name__}: {exc}")
         decisions += self._fire_due(partition, now)
         if decisions:
-            await self._emit(decisions)
-        if book.flush_due(now, self.flush_interval_ms):
-            await self.flush(partition, now)
+            await self._emit(book, decisions)
+        await self._flush_step(book, now)
 
     # -- record kinds ------------------------------------------------------------------------------
     def _on_member_record(
@@ -250,7 +250,7 @@ class MemberProcessor:
         return decisions
 
     # -- effects -----------------------------------------------------------------------------------
-    async def _emit(self, decisions: list[Decision]) -> None:
+    async def _emit(self, book: PartitionBook[MemberState, Ackable], decisions: list[Decision]) -> None:
         shop = self.ruleset.shop
         delay = 0.2
         while True:
@@ -270,31 +270,40 @@ class MemberProcessor:
             sent = await self.outbox.send(
                 self.names.mail_decisions, key=decision.member_id.encode(), value=orjson.dumps(payload)
             )
-            self.in_flight.append(sent)
+            book.in_flight.append(sent)
 
-    async def _dead_letter(self, topic: str, partition: int, offset: int, value: bytes, reason: str) -> None:
+    async def _dead_letter(
+        self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int, value: bytes,
+        reason: str,
+    ) -> None:
         self.metrics.dead_letters += 1
         envelope = contract.dlq_envelope(topic, partition, offset, value, reason)
-        self.in_flight.append(await self.outbox.send(dlq(topic), key=None, value=envelope))
+        book.in_flight.append(await self.outbox.send(dlq(topic), key=None, value=envelope))
 
-    async def flush(self, partition: int, now: int) -> None:
-        """Write the partition's changed members once, wait for produced records, then ack its events."""
-        book = self.books[partition]
-        for member_id in book.dirty:
+    async def _flush_step(self, book: PartitionBook[MemberState, Ackable], now: int) -> None:
+        """Advance the partition's flush by one chunk; ack its events once all its members are written.
+
+        Every table write is a changelog record through Faust's producer; writing a whole interval's
+        members at once would stall the stream (and every due timer) for seconds.
+        """
+        if book.flush_due(now, self.flush_interval_ms):
+            book.start_flush(now)
+        if book.flushing is None:
+            return
+        for member_id in book.next_chunk(FLUSH_CHUNK):
             state = self.cache.peek(member_id)
             if state is not None:
                 self.table[member_id.encode()] = state.to_bytes()
-            self.cache.unpin(member_id)
-        self.metrics.states_written += len(book.dirty)
-        book.dirty.clear()
-        pending, self.in_flight = self.in_flight, []
-        for fut in pending:
-            await fut
-        for event in book.pending_acks:
-            event.ack()
-        book.pending_acks.clear()
-        book.last_flush_ms = now
-        self.metrics.flushes += 1
+            if member_id not in book.dirty:
+                self.cache.unpin(member_id)
+            self.metrics.states_written += 1
+        if not book.flushing:
+            acks, futures = book.finish_flush()
+            for future in futures:
+                await future
+            for event in acks:
+                event.ack()
+            self.metrics.flushes += 1
 
     # -- rebalance ---------------------------------------------------------------------------------
     def assign(self, partitions: set[int]) -> None:

@@ -16,7 +16,7 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 S = TypeVar("S")
 E = TypeVar("E")
@@ -37,6 +37,12 @@ class PartitionBook(Generic[S, E]):
     due: list[tuple[int, str]] = field(default_factory=list)
     scheduled: dict[str, int] = field(default_factory=dict)
     last_flush_ms: int = 0
+    in_flight: list[Any] = field(default_factory=list)
+    """Futures of records produced on behalf of this partition's unacked events."""
+    flushing: list[str] | None = None
+    """Members of the flush under way (written a chunk per event, so a flush never stalls the stream)."""
+    flushing_acks: list[E] = field(default_factory=list)
+    flushing_futures: list[Any] = field(default_factory=list)
 
     def schedule(self, due_ms: int | None, member_id: str) -> None:
         if due_ms is None:
@@ -68,7 +74,31 @@ class PartitionBook(Generic[S, E]):
         self.scheduled.clear()
 
     def flush_due(self, now_ms: int, interval_ms: int) -> bool:
-        return bool(self.dirty or self.pending_acks) and now_ms - self.last_flush_ms >= interval_ms
+        return (
+            self.flushing is None
+            and bool(self.dirty or self.pending_acks)
+            and now_ms - self.last_flush_ms >= interval_ms
+        )
+
+    def start_flush(self, now_ms: int) -> None:
+        """Snapshot what the flush covers: the members changed so far and the events that changed them."""
+        self.flushing = list(self.dirty)
+        self.dirty = set()
+        self.flushing_acks, self.pending_acks = self.pending_acks, []
+        self.flushing_futures, self.in_flight = self.in_flight, []
+        self.last_flush_ms = now_ms
+
+    def next_chunk(self, size: int) -> list[str]:
+        assert self.flushing is not None
+        chunk = self.flushing[-size:]
+        del self.flushing[-size:]
+        return chunk
+
+    def finish_flush(self) -> tuple[list[E], list[Any]]:
+        """The events to ack and the futures to await once every snapshotted member is written."""
+        acks, futures = self.flushing_acks, self.flushing_futures
+        self.flushing, self.flushing_acks, self.flushing_futures = None, [], []
+        return acks, futures
 
 
 class StateCache(Generic[S]):

@@ -45,3 +45,21 @@ def test_moved_due_times_fire_once_at_the_latest_time_and_the_heap_stays_compact
     assert list(book.pop_due(10_000)) == ["a"]
     book.schedule(None, "c")
     assert book.next_due_ms() is None
+
+
+def test_a_flush_covers_a_snapshot_written_in_chunks_and_later_changes_wait_for_the_next() -> None:
+    book: PartitionBook[str, str] = PartitionBook(partition=0, last_flush_ms=0)
+    book.dirty |= {"a", "b", "c"}
+    book.pending_acks += ["e1", "e2"]
+    book.in_flight.append("f1")
+    assert book.flush_due(10_000, 10_000)
+    book.start_flush(10_000)
+    assert not book.flush_due(99_999, 10_000)  # one flush at a time
+    book.dirty.add("d")  # changed while the flush runs: belongs to the next one
+    book.pending_acks.append("e3")
+    written = book.next_chunk(2) + book.next_chunk(2)
+    assert sorted(written) == ["a", "b", "c"] and book.flushing == []
+    acks, futures = book.finish_flush()
+    assert (acks, futures) == (["e1", "e2"], ["f1"])
+    assert book.flushing is None and book.dirty == {"d"} and book.pending_acks == ["e3"]
+    assert book.flush_due(20_000, 10_000)
