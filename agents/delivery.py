@@ -16,7 +16,6 @@ import orjson
 
 from kagoflow.adapters.catalog_follower import CatalogFollower
 from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
-from kagoflow.core.catalog import ProductInfo
 from kagoflow.core.decisions import Decision
 from kagoflow.mail.context import MemberProfile
 from kagoflow.mail.delivery import Deliverer, DeliveryJob
@@ -32,10 +31,8 @@ def delivery_job(data: dict[str, Any], catalog: CatalogFollower) -> DeliveryJob 
         return None
     decision = Decision.from_json(data)
     profile = MemberProfile.from_json(decision.member_id, data["profile"])
-    products = [
-        catalog.get(product_id) or ProductInfo(product_id=product_id, price=0.0, stock=0, updated_ms=0)
-        for product_id in decision.products
-    ]
+    # Unknown products are left out: the mail falls back to the bare product id for them.
+    products = [info for product_id in decision.products if (info := catalog.get(product_id)) is not None]
     return decision, profile, products
 
 
