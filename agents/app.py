@@ -27,7 +27,8 @@ from kagoflow.agents.tables import rocksdb_options
 from kagoflow.agents.web import add_routes
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.engine import Engine
-from kagoflow.core.rules import RuleSet, load_rules
+from kagoflow.core.rules import RuleSet
+from kagoflow.loading import load_ruleset
 from kagoflow.mail.delivery import Deliverer
 from kagoflow.settings import Settings
 from kagoflow.streams.topics import Topics
@@ -53,8 +54,7 @@ class Kagoflow:
 
 def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflow:
     if ruleset is None:
-        ruleset = load_rules(settings.rules_dir, templates_dir=settings.templates_dir,
-                             min_delay_seconds=settings.min_delay_seconds)
+        ruleset = load_ruleset(settings)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],

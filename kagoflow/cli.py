@@ -10,7 +10,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
 
 from kagoflow.core.errors import ContractError, RuleError
 
@@ -67,19 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from kagoflow.settings import Settings
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a bad KAGOFLOW_* value: name it, no traceback
+        print(f"kagoflow: error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "worker":
         from kagoflow.agents.app import run_worker
 
         return run_worker(settings)
     if args.command == "rules":
-        from kagoflow.core.rules import load_rules
+        from kagoflow.loading import load_ruleset
 
-        ruleset = load_rules(args.dir, templates_dir=settings.templates_dir,
-                             min_delay_seconds=settings.min_delay_seconds)
-        from kagoflow.mail.templates import check_templates
-
-        check_templates(settings.templates_dir, {cast(Any, rule).template for rule in ruleset.by_id.values()})
+        ruleset = load_ruleset(settings, args.dir)
         for line in ruleset.describe():
             print(line)
         return 0
