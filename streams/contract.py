@@ -31,6 +31,7 @@ from kagoflow.core.events import (
     OrderItem,
     OrderUpdate,
     Record,
+    new_beacon,
 )
 
 CONTRACT_VERSION: Final = 1
@@ -228,7 +229,69 @@ quantity, device, shop_id, product_ids, order_id)."""
 
 def beacon_fields(data: dict[str, Any]) -> BeaconFields:
     """Validate a decoded beacon; the values without building a ``Beacon`` (the archive's hot path maps
-    them straight to a row: a frozen dataclass costs about as much as the validation)."""
+    them straight to a row: a frozen dataclass costs about as much as the validation).
+
+    Two paths with one meaning: ``_plain_beacon`` accepts the common shapes with inline checks and no helper
+    calls (returns None when anything is unusual), and ``_checked_beacon_fields`` validates field by field
+    and names the first problem. Every beacon the fast path accepts, the checked one accepts with the same
+    values; anything else goes to the checked path, so the rejection reasons never depend on the fast path.
+    """
+    fields = _plain_beacon(data)
+    return fields if fields is not None else _checked_beacon_fields(data)
+
+
+def _plain_beacon(data: dict[str, Any]) -> BeaconFields | None:
+    """The fast path of ``beacon_fields`` for product actions and page views (None = take the checked path).
+
+    A string field is accepted as the checked ``_text`` would (exact ``str``, 1..max characters, printable,
+    not blank); a money field as ``_money`` would: ``0 <= price <= MAX_MONEY`` is False for NaN and the
+    infinities, so it implies ``math.isfinite``.
+    """
+    get = data.get
+    event_id = get("event_id")
+    member_id = get("member_id")
+    kind = get("type")
+    ts = get("ts")
+    device: Device | None = get("device")
+    shop_id = get("shop_id")
+    if not (
+        type(event_id) is str and 0 < len(event_id) <= MAX_ID and event_id.isprintable()
+        and not event_id.isspace()
+        and type(member_id) is str and 0 < len(member_id) <= MAX_ID and member_id.isprintable()
+        and not member_id.isspace()
+        and type(kind) is str
+        and type(ts) is int and TS_MIN_MS <= ts < TS_MAX_MS
+        and (device is None or (type(device) is str and device in DEVICES))
+        and get("product_ids") is None and get("order_id") is None
+    ):
+        return None
+    if shop_id is None:
+        shop_id = "default"
+    elif not (type(shop_id) is str and 0 < len(shop_id) <= MAX_SHOP_ID and shop_id.isprintable()
+              and not shop_id.isspace()):
+        return None
+    if kind in PRODUCT_BEACON_TYPES:
+        product_id = get("product_id")
+        price = get("price")
+        quantity = get("quantity")
+        if not (
+            type(product_id) is str and 0 < len(product_id) <= MAX_ID and product_id.isprintable()
+            and not product_id.isspace()
+            and (quantity is None or (type(quantity) is int and 1 <= quantity <= MAX_QUANTITY))
+        ):
+            return None
+        if price is not None:
+            if not ((type(price) is int or type(price) is float) and 0 <= price <= MAX_MONEY):
+                return None
+            price = float(price)
+        return (event_id, member_id, kind, ts, product_id,  # type: ignore[return-value]
+                price, quantity, device, shop_id, (), None)
+    if kind == "page_view" and get("product_id") is None and get("price") is None and get("quantity") is None:
+        return (event_id, member_id, "page_view", ts, None, None, None, device, shop_id, (), None)
+    return None
+
+
+def _checked_beacon_fields(data: dict[str, Any]) -> BeaconFields:
     event_id = _req_text(data, "event_id")
     member_id = _req_text(data, "member_id")
     kind = _get(data, "type", required=True)
@@ -258,7 +321,7 @@ def beacon_fields(data: dict[str, Any]) -> BeaconFields:
 
 
 def beacon_from_dict(data: dict[str, Any]) -> Beacon:
-    return Beacon(*beacon_fields(data))
+    return new_beacon(*beacon_fields(data))
 
 
 def member_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> MemberUpdate:
@@ -342,7 +405,7 @@ def order_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> O
 
 
 def parse_beacon(raw: bytes) -> Beacon:
-    return beacon_from_dict(_loads(raw))
+    return new_beacon(*beacon_fields(_loads(raw)))
 
 
 def parse_beacon_fields(raw: bytes) -> BeaconFields:

@@ -66,15 +66,22 @@ def rule_due(state: MemberState, rule: AbandonmentRule, shop: ShopConfig) -> int
     episode = state.episodes.get(rule.id)
     if episode is None:
         return None
-    start = anchor(state, rule)
+    return _episode_due(state, rule, episode[1], shop)
+
+
+def _episode_due(
+    state: MemberState, rule: AbandonmentRule, skipped_at: int | None, shop: ShopConfig
+) -> int | None:
+    """``rule_due`` of an open episode whose last ``skipped`` due is ``skipped_at`` (``scan`` inlines it)."""
+    start = state.last_access if rule.clock == "last_access" else anchor(state, rule)
     if start is None:
         return None
-    if rule.after_ms is not None:
-        due = start + rule.after_ms
+    after_ms = rule.after_ms
+    if after_ms is not None:
+        due = start + after_ms
     else:
         assert rule.days is not None and rule.at is not None
-        due = _days_at(_local_day(start // _BUCKET_MS, shop.timezone), rule.days, rule.at, shop.timezone)
-    skipped_at = episode[1]
+        due = _bucket_due(start // _BUCKET_MS, rule.days, rule.at, shop.timezone)
     if skipped_at is not None and due <= skipped_at:
         return None  # only a later due made by a new anchor re-evaluates a skipped episode
     return due
@@ -123,18 +130,33 @@ def scan(
     episodes = state.episodes
     if not episodes:
         return [], None
-    due_rules: list[tuple[int, int, AbandonmentRule]] = []
+    due_rules: list[tuple[int, int, AbandonmentRule]] | None = None
     later: int | None = None
+    last_access = state.last_access
     for index, rule in enumerate(rules):
-        if rule.id in episodes:
-            due = rule_due(state, rule, shop)
-            if due is None:
-                continue
-            if due <= now_ms:
-                due_rules.append((due, index, rule))
-            elif later is None or due < later:
-                later = due
-    if not due_rules:
+        episode = episodes.get(rule.id)
+        if episode is None:
+            continue
+        # ``_episode_due`` inlined: with every rule's episode open this loop runs ~5x per beacon
+        start = last_access if rule.clock == "last_access" else anchor(state, rule)
+        if start is None:
+            continue
+        after_ms = rule.after_ms
+        if after_ms is not None:
+            due = start + after_ms
+        else:
+            assert rule.days is not None and rule.at is not None
+            due = _bucket_due(start // _BUCKET_MS, rule.days, rule.at, shop.timezone)
+        skipped_at = episode[1]
+        if skipped_at is not None and due <= skipped_at:
+            continue
+        if due <= now_ms:
+            if due_rules is None:
+                due_rules = []
+            due_rules.append((due, index, rule))
+        elif later is None or due < later:
+            later = due
+    if due_rules is None:
         return [], later
     due_rules.sort(key=lambda entry: (entry[0], entry[1]))
     decisions = [
@@ -157,6 +179,13 @@ def _local_day(bucket: int, tz: ZoneInfo) -> date:
 @lru_cache(maxsize=65_536)
 def _days_at(day: date, days: int, at: tuple[int, int], tz: ZoneInfo) -> int:
     return at_local_time(day + timedelta(days=days), at, tz)
+
+
+@lru_cache(maxsize=65_536)
+def _bucket_due(bucket: int, days: int, at: tuple[int, int], tz: ZoneInfo) -> int:
+    """The ``days``/``at`` due of an anchor in 15-minute bucket ``bucket``: one cache lookup per rule and
+    event instead of two (``_local_day`` then ``_days_at``)."""
+    return _days_at(_local_day(bucket, tz), days, at, tz)
 
 
 def evaluate(

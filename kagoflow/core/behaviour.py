@@ -84,15 +84,20 @@ class ProductActions:
         return max(t for t in (self.cart_last, self.fav_last, self.view_last, 0) if t is not None)
 
     def to_list(self) -> list[Any]:
+        """Values in serialized order (format 1; ``MemberState.to_bytes`` inlines the same list)."""
         return [self.cart_first, self.cart_last, self.cart_price, self.cart_qty, self.fav_first,
                 self.fav_last, self.fav_conc, self.view_first, self.view_last, self.view_conc]
 
     @classmethod
     def from_list(cls, values: list[Any]) -> ProductActions:
-        pa = cls()
+        pa = _new_object(cls)
         (pa.cart_first, pa.cart_last, pa.cart_price, pa.cart_qty, pa.fav_first, pa.fav_last, pa.fav_conc,
          pa.view_first, pa.view_last, pa.view_conc) = values
         return pa
+
+
+_new_object = object.__new__
+"""Instance without ``__init__``: ``from_list`` sets every slot itself."""
 
 
 class MemberState:
@@ -177,13 +182,19 @@ class MemberState:
 
     # -- serialization -------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
+        products = self.products
         return orjson.dumps({
             "v": FORMAT_VERSION,
             "m": self.member_id,
-            "p": {pid: pa.to_list() for pid, pa in self.products.items()},
+            # inline slot reads: ~3x faster than a method or ``attrgetter`` call per product
+            "p": {
+                pid: (pa.cart_first, pa.cart_last, pa.cart_price, pa.cart_qty, pa.fav_first, pa.fav_last,
+                      pa.fav_conc, pa.view_first, pa.view_last, pa.view_conc)
+                for pid, pa in products.items()
+            },
             "a": self.last_access,
             "d": self.beacon_device,
-            "pf": [self.email, self.opt_in, self.name, self.profile_device, self.locale, self.purchase_base],
+            "pf": (self.email, self.opt_in, self.name, self.profile_device, self.locale, self.purchase_base),
             "o": self.orders,
             "ob": self.orders_after_base,
             "u": self.unsubscribed,
@@ -200,7 +211,12 @@ class MemberState:
             version = raw.get("v") if isinstance(raw, dict) else raw
             raise ValueError(f"unsupported member state format {version!r}")
         state = cls(raw["m"])
-        state.products = {pid: ProductActions.from_list(v) for pid, v in raw["p"].items()}
+        products = state.products
+        for pid, values in raw["p"].items():
+            pa = _new_object(ProductActions)
+            (pa.cart_first, pa.cart_last, pa.cart_price, pa.cart_qty, pa.fav_first, pa.fav_last, pa.fav_conc,
+             pa.view_first, pa.view_last, pa.view_conc) = values
+            products[pid] = pa
         state.last_access = raw["a"]
         state.beacon_device = raw["d"]
         (state.email, state.opt_in, state.name, state.profile_device, state.locale,
@@ -209,7 +225,9 @@ class MemberState:
         state.orders_after_base = raw["ob"]
         state.unsubscribed = raw["u"]
         state.recent_events = dict.fromkeys(raw["e"])
-        state.episodes = {rule: (ep[0], ep[1]) for rule, ep in raw["ep"].items()}
+        episodes = raw["ep"]
+        if episodes:
+            state.episodes = {rule: (episode[0], episode[1]) for rule, episode in episodes.items()}
         state.price_watch = raw["pw"]
         state.partition = raw["pt"]
         return state

@@ -67,9 +67,11 @@ class Engine:
         decisions = self._fire(state, ts, catalog=catalog)  # made at ts: the record is "now"
         if isinstance(record, Beacon):
             apply_beacon(state, record)
-            rules = self._by_action.get(record.type)
-            if rules and record.product_id is not None:
-                abandonment.open_episodes(state, rules, record.product_id, ts)
+            product_id = record.product_id
+            if product_id is not None:
+                rules = self._by_action.get(record.type)
+                if rules:
+                    abandonment.open_episodes(state, rules, product_id, ts)
             if state.episodes:
                 # Anchors may have moved either way; a due now in the past fires at this record's time.
                 moved, state.due_cache = abandonment.scan(
@@ -92,7 +94,9 @@ class Engine:
 
     def next_due(self, state: MemberState) -> int | None:
         """Earliest pending due time of the member (abandonment and price/stock), or None."""
-        due = self._abandonment_due(state)
+        due = state.due_cache
+        if due is False:
+            due = self._abandonment_due(state)
         if state.price_watch and self._pricewatch is not None:
             price_due = self._pricewatch.next_due(state)
             if price_due is not None and (due is None or price_due < due):
@@ -116,7 +120,9 @@ class Engine:
 
     def _fire(self, state: MemberState, now_ms: int, *, catalog: CatalogLookup) -> list[Decision]:
         decisions: list[Decision] = []
-        due = self._abandonment_due(state)
+        due = state.due_cache
+        if due is False:
+            due = self._abandonment_due(state)
         if due is not None and due <= now_ms:
             decisions, state.due_cache = abandonment.scan(
                 state, self.abandonment, now_ms, at_ms=now_ms, catalog=catalog, shop=self.shop

@@ -31,7 +31,8 @@ class WatchIndex:
     __slots__ = ("_by_state", "_pairs")
 
     def __init__(self) -> None:
-        self._by_state: dict[str, dict[str, _Entry]] = {state: {} for state in WATCH_STATE_ORDER}
+        # a literal, not a comprehension over WATCH_STATE_ORDER: the worker may build a spare one per event
+        self._by_state: dict[str, dict[str, _Entry]] = {"cart": {}, "favorite": {}, "view": {}}
         self._pairs = 0
 
     def __len__(self) -> int:
@@ -40,13 +41,20 @@ class WatchIndex:
 
     def update(self, member_id: str, product_id: str, state: str | None) -> None:
         """Record ``member_id``'s current state on ``product_id`` (``None`` = no longer watching)."""
-        if state is not None and state not in self._by_state:
-            raise ValueError(f"unknown watch state {state!r}")
+        by_state = self._by_state
+        if state is not None:
+            target = by_state.get(state)
+            if target is None:
+                raise ValueError(f"unknown watch state {state!r}")
+            entry = target.get(product_id)
+            if entry is not None and (entry == member_id if type(entry) is str else member_id in entry):
+                return  # unchanged (the common case: another view of a viewed product); a member is
+                # indexed under one state per product, so no other state can hold it
         member_id = sys.intern(member_id)
-        for name, products in self._by_state.items():
-            if name != state and self._discard(products, product_id, member_id):
+        for name, products in by_state.items():
+            if name != state and product_id in products and self._discard(products, product_id, member_id):
                 self._pairs -= 1
-        if state is not None and self._add(self._by_state[state], sys.intern(product_id), member_id):
+        if state is not None and self._add(by_state[state], sys.intern(product_id), member_id):
             self._pairs += 1
 
     def state_of(self, member_id: str, product_id: str) -> str | None:
