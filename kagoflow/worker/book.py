@@ -102,56 +102,61 @@ class PartitionBook(Generic[S, E]):
 
 
 class StateCache(Generic[S]):
-    """A bounded LRU of decoded member states; dirty states are pinned until written.
+    """Decoded member states: pinned (changed, not yet written) ones, plus a bounded LRU of clean ones.
 
-    ``load`` decodes from the table on a miss; ``None`` means the member is new.
+    Pinned states live apart from the LRU so eviction is O(1) and never has to skip them; ``load``
+    decodes from the table on a miss (``None`` = a new member).
     """
 
     def __init__(self, *, capacity: int, load: Callable[[str], S | None], new: Callable[[str], S]) -> None:
         self._capacity = capacity
         self._load = load
         self._new = new
-        self._states: OrderedDict[str, S] = OrderedDict()
-        self._pinned: set[str] = set()
+        self._clean: OrderedDict[str, S] = OrderedDict()
+        self._pinned: dict[str, S] = {}
 
     def get(self, member_id: str) -> S:
-        state = self._states.get(member_id)
+        state = self._pinned.get(member_id)
         if state is not None:
-            self._states.move_to_end(member_id)
+            return state
+        state = self._clean.get(member_id)
+        if state is not None:
+            self._clean.move_to_end(member_id)
             return state
         loaded = self._load(member_id)
         state = loaded if loaded is not None else self._new(member_id)
-        self._states[member_id] = state
+        self._clean[member_id] = state
         self._evict()
         return state
 
     def peek(self, member_id: str) -> S | None:
         """The cached or stored state, without creating a new one."""
-        state = self._states.get(member_id)
+        state = self._pinned.get(member_id)
+        if state is None:
+            state = self._clean.get(member_id)
         return state if state is not None else self._load(member_id)
 
     def pin(self, member_id: str) -> None:
-        self._pinned.add(member_id)
+        """Keep a changed state in memory until it is written (it may not be evicted before)."""
+        state = self._clean.pop(member_id, None)
+        if state is not None:
+            self._pinned[member_id] = state
 
     def unpin(self, member_id: str) -> None:
-        self._pinned.discard(member_id)
+        state = self._pinned.pop(member_id, None)
+        if state is not None:
+            self._clean[member_id] = state
+            self._evict()
 
     def drop_where(self, predicate: Callable[[S], bool]) -> None:
         """Forget (also pinned) states matching ``predicate`` — used for revoked partitions."""
-        for member_id in [m for m, state in self._states.items() if predicate(state)]:
-            del self._states[member_id]
-            self._pinned.discard(member_id)
+        for states in (self._clean, self._pinned):
+            for member_id in [m for m, state in states.items() if predicate(state)]:
+                del states[member_id]
 
     def _evict(self) -> None:
-        excess = len(self._states) - self._capacity
-        if excess <= 0:
-            return
-        for member_id in list(self._states):
-            if excess <= 0:
-                break
-            if member_id not in self._pinned:
-                del self._states[member_id]
-                excess -= 1
+        while len(self._clean) > self._capacity:
+            self._clean.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._clean) + len(self._pinned)

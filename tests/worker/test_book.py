@@ -20,18 +20,19 @@ def test_flush_due_needs_work_and_elapsed_interval() -> None:
     assert book.flush_due(4_000, 3_000)
 
 
-def test_cache_evicts_least_recent_unpinned_and_loads_on_miss() -> None:
+def test_cache_evicts_least_recent_clean_state_never_a_pinned_one() -> None:
     stored = {"x": "stored-x"}
-    cache: StateCache[str] = StateCache(capacity=2, load=stored.get, new=lambda m: f"new-{m}")
+    cache: StateCache[str] = StateCache(capacity=1, load=stored.get, new=lambda m: f"new-{m}")
     assert cache.get("x") == "stored-x"
+    cache.pin("x")  # changed, not yet written
     assert cache.get("y") == "new-y"
-    cache.pin("x")
-    cache.get("y")
-    assert cache.get("z") == "new-z"  # evicts y (x is pinned although least recently used)
-    assert len(cache) == 2
-    assert cache.peek("y") is None  # gone from the cache, never stored
+    assert cache.get("z") == "new-z"  # evicts y, the least recent clean state
+    assert cache.peek("y") is None  # gone, never stored
+    assert cache.get("x") == "stored-x" and len(cache) == 2
+    cache.unpin("x")  # written: x becomes the most recent clean state, z is evicted
+    assert cache.peek("z") is None and cache.peek("x") == "stored-x"
     cache.drop_where(lambda state: state == "stored-x")
-    assert len(cache) == 1
+    assert len(cache) == 0
 
 
 def test_moved_due_times_fire_once_at_the_latest_time_and_the_heap_stays_compact() -> None:
