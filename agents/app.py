@@ -24,7 +24,7 @@ from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.agents.catalog import make_catalog_agent
 from kagoflow.agents.delivery import make_delivery_agent
 from kagoflow.agents.member import MemberProcessor, profile_snapshot, wall_clock_ms
-from kagoflow.agents.tables import rocksdb_options
+from kagoflow.agents.tables import bytes_table
 from kagoflow.agents.web import add_routes
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.engine import Engine
@@ -77,13 +77,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         value_serializer="raw",
         logging_config=None,
     )
-    member_table = app.Table(
-        "member-state",
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        options=rocksdb_options(settings),
-    )
+    member_table = bytes_table(app, "member-state", settings)
     names = Topics(settings.topic_prefix)
     catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone,
                               topic=Topics(settings.topic_prefix).catalog)

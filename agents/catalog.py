@@ -8,7 +8,7 @@ from typing import Any
 import faust
 
 from kagoflow.agents.member import Outbox
-from kagoflow.agents.tables import rocksdb_options
+from kagoflow.agents.tables import bytes_table
 from kagoflow.core.catalog import ProductInfo, apply_catalog
 from kagoflow.core.errors import ContractError
 from kagoflow.core.rules import RuleSet
@@ -18,13 +18,7 @@ from kagoflow.streams.topics import Topics, dlq
 
 
 def make_catalog_agent(app: faust.App, *, settings: Settings, ruleset: RuleSet, outbox: Outbox) -> Any:
-    table = app.Table(
-        "catalog-state",
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        options=rocksdb_options(settings),
-    )
+    table = bytes_table(app, "catalog-state", settings)
     names = Topics(settings.topic_prefix)
     source = app.topic(names.catalog, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     tz = ruleset.shop.timezone

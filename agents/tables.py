@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import faust
+
 from kagoflow.settings import Settings
 
 
@@ -15,3 +17,9 @@ def rocksdb_options(settings: Settings) -> dict[str, Any]:
         "max_write_buffer_number": 2,
         "max_open_files": 256,
     }
+
+
+def bytes_table(app: faust.App, name: str, settings: Settings) -> Any:
+    """A RocksDB table of raw bytes (values are the core's own encodings), co-partitioned with the inputs."""
+    return app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes,
+                     options=rocksdb_options(settings))

@@ -43,18 +43,8 @@ def worker(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     rules = tmp / "rules"
     rules.mkdir()
     (rules / "shop.yaml").write_text("timezone: Asia/Tokyo\n")  # no rules: this module is about state
-    proc = WorkerProcess.create(stack, tmp, rules_dir=rules)
-    proc.start()
-    try:
-        proc.wait_ready()
+    with WorkerProcess.running(stack, tmp, rules_dir=rules) as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def tag() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 class Member:

@@ -10,7 +10,6 @@ each change fires one rule for a given member.
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,18 +60,8 @@ def write_rules(directory: Path) -> Path:
 @pytest.fixture(scope="module")
 def worker(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     tmp = tmp_path_factory.mktemp("pricewatch")
-    proc = WorkerProcess.create(stack, tmp, rules_dir=write_rules(tmp / "rules"))
-    proc.start()
-    try:
-        proc.wait_ready()
+    with WorkerProcess.running(stack, tmp, rules_dir=write_rules(tmp / "rules")) as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def tag() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 class Shop:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,18 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+    @classmethod
+    @contextmanager
+    def running(cls, base: Settings, tmp: Path, *, rules_dir: Path, **overrides: Any) -> Iterator[WorkerProcess]:
+        """A started, ready worker, stopped on exit."""
+        proc = cls.create(base, tmp, rules_dir=rules_dir, **overrides)
+        proc.start()
+        try:
+            proc.wait_ready()
+            yield proc
+        finally:
+            proc.stop()
 
     def tail(self, lines: int = 60) -> str:
         if not self.log_path.exists():
