@@ -1,10 +1,11 @@
 """Benchmark: render + send N mails through the Deliverer with SMTP pool sizes 1, 4 and 8.
 
-    .venv/bin/python bench/mail_send.py [--mails 20000] [--pools 1,4,8] [--no-redis]
+    .venv/bin/python bench/mail_send.py [--mails 20000] [--pools 1,4,8] [--no-redis] [--no-pipelining]
 
 The SMTP sink runs in a separate process and counts and discards mails: by default a minimal SMTP
 responder (aiosmtpd costs about as much CPU per mail as the client, which on 2 cores would measure the
-sink), ``--sink aiosmtpd`` for aiosmtpd. With Redis reachable (``KAGOFLOW_REDIS_URL``, default the local stack)
+sink), ``--sink aiosmtpd`` for aiosmtpd; both advertise PIPELINING like most MTAs (``--no-pipelining``: the
+client sends one command at a time anyway). With Redis reachable (``KAGOFLOW_REDIS_URL``, default the local stack)
 each mail takes the worker's full path: suppression check + ledger reservation, render, build, SMTP,
 ledger confirmation, delivery event (to an in-memory sink). ``--no-redis`` measures render + build + SMTP
 only. Also prints the render + build cost per mail without any I/O.
@@ -24,6 +25,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -46,7 +49,7 @@ def _free_port() -> int:
 
 
 class RawSmtpSink(asyncio.Protocol):
-    """A minimal SMTP responder (EHLO/MAIL/RCPT/DATA/RSET/QUIT, all accepted, content discarded).
+    """A minimal SMTP responder (EHLO/MAIL/RCPT/DATA/RSET/QUIT, all accepted, content discarded, pipelining).
 
     aiosmtpd costs about as much CPU per mail as the client under test; on a 2-core machine that would
     measure the sink, not kagoflow. This speaks the same protocol over TCP at a fraction of the cost.
@@ -82,7 +85,7 @@ class RawSmtpSink(asyncio.Protocol):
             verb = bytes(buf[:4]).upper()
             del buf[: end + 2]
             if verb == b"EHLO":
-                self._transport.write(b"250-bench-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                self._transport.write(b"250-bench-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
             elif verb == b"DATA":
                 self._in_data = True
                 self._transport.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
@@ -103,6 +106,12 @@ def _sink_main(port: int, counter: Any, sink_cpu: Any, ready: Any, kind: str = "
             sink_cpu.value = time.process_time()
 
     class Discard:
+        async def handle_EHLO(
+            self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+        ) -> list[str]:
+            session.host_name = hostname
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
             on_mail()
             return "250 OK"
@@ -121,12 +130,7 @@ def _sink_main(port: int, counter: Any, sink_cpu: Any, ready: Any, kind: str = "
         async with server:
             await server.serve_forever()
 
-    try:
-        import uvloop
-
-        uvloop.run(serve())
-    except ImportError:
-        asyncio.run(serve())
+    uvloop.run(serve())
 
 
 def _jobs(n: int, run: str) -> list[DeliveryJob]:
@@ -178,11 +182,11 @@ def render_cost_us(settings: Settings, jobs: list[DeliveryJob], n: int = 2000) -
 
 
 async def run_once(
-    settings: Settings, *, pool_size: int, jobs: list[DeliveryJob], port: int, use_redis: bool
+    settings: Settings, *, pool_size: int, jobs: list[DeliveryJob], port: int, use_redis: bool, pipelining: bool
 ) -> tuple[float, float, dict[str, int]]:
     prefix = f"bench_{uuid.uuid4().hex[:8]}:"
     store = RedisStore.from_url(settings.redis_url, prefix=prefix)
-    pool = SmtpPool(host="127.0.0.1", port=port, size=pool_size)
+    pool = SmtpPool(host="127.0.0.1", port=port, size=pool_size, pipelining=pipelining)
     deliverer = Deliverer(settings, store=store, sink=MemorySink(), pool=pool, concurrency=8 * pool_size)
     await deliverer.start()
     started = time.perf_counter()
@@ -229,6 +233,7 @@ def main() -> int:
     parser.add_argument("--mails", type=int, default=20000)
     parser.add_argument("--pools", default="1,4,8")
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--no-pipelining", action="store_true", help="one SMTP command at a time")
     parser.add_argument(
         "--sink", choices=("raw", "aiosmtpd"), default="raw", help="SMTP sink: minimal responder or aiosmtpd"
     )
@@ -262,7 +267,8 @@ def main() -> int:
         jobs = _jobs(args.mails, run)
         print(f"render + build only: {render_cost_us(settings, jobs):.0f} µs/mail (no I/O)")
         mode = "full path (Redis ledger + SMTP)" if use_redis else "render + SMTP (no Redis)"
-        print(f"{args.mails} mails per run, {mode}, {args.sink} SMTP sink in a separate process")
+        smtp = "one command at a time" if args.no_pipelining else "pipelined"
+        print(f"{args.mails} mails per run, {mode}, {args.sink} SMTP sink in a separate process, {smtp}")
         print(
             f"{'pool':>4}  {'seconds':>8}  {'mails/s':>8}  {'client CPU µs/mail':>18}  {'= mails/s per core':>18}  "
             f"{'sink CPU µs':>11}  results"
@@ -270,16 +276,16 @@ def main() -> int:
         for pool_size in (int(p) for p in args.pools.split(",")):
             before, sink_before = counter.value, sink_cpu.value
             jobs = _jobs(args.mails, f"{run}-{pool_size}")
-            try:
-                import uvloop
-
-                elapsed, cpu, counts = uvloop.run(
-                    run_once(settings, pool_size=pool_size, jobs=jobs, port=port, use_redis=use_redis)
+            elapsed, cpu, counts = uvloop.run(
+                run_once(
+                    settings,
+                    pool_size=pool_size,
+                    jobs=jobs,
+                    port=port,
+                    use_redis=use_redis,
+                    pipelining=not args.no_pipelining,
                 )
-            except ImportError:
-                elapsed, cpu, counts = asyncio.run(
-                    run_once(settings, pool_size=pool_size, jobs=jobs, port=port, use_redis=use_redis)
-                )
+            )
             received = counter.value - before
             sink_us = (sink_cpu.value - sink_before) / max(received, 1) * 1e6
             print(
