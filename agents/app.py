@@ -34,6 +34,7 @@ from kagoflow.mail.delivery import Deliverer
 from kagoflow.settings import Settings
 from kagoflow.streams.topics import Topics
 from kagoflow.web.tracking import add_tracking_routes
+from kagoflow.worker import buckets
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         value_serializer="raw",
         logging_config=None,
     )
-    member_table = bytes_table(app, "member-state", settings)
+    member_table = bytes_table(app, "member-buckets", settings)
     names = Topics(settings.topic_prefix)
     catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone,
                               topic=Topics(settings.topic_prefix).catalog)
@@ -86,10 +87,12 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     engagement = KafkaEngagementSink(settings, topic=names.engagement)
     deliverer = Deliverer(settings, store=store, sink=engagement)
 
-    def scan() -> Iterator[MemberState]:
-        for _, raw in member_table.items():
-            if raw is not None:
-                yield MemberState.from_bytes(raw)
+    def scan(partitions: set[int]) -> Iterator[MemberState]:
+        for partition, _, raw in buckets.scan(member_table.items(), buckets=settings.state_buckets,
+                                              partitions=partitions):
+            state = MemberState.from_bytes(raw)
+            state.partition = partition
+            yield state
 
     processor = MemberProcessor(
         names=names,
@@ -100,6 +103,8 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         caps=store.caps,
         outbox=outbox,
         flush_interval_ms=int(settings.state_flush_seconds * 1000),
+        buckets_per_partition=settings.state_buckets,
+        bucket_cache_bytes=settings.state_cache_mb * 1024 * 1024,
         profile_of=profile_snapshot,
         scan=scan,
     )

@@ -29,13 +29,16 @@ from kagoflow.core.rules import RuleSet
 from kagoflow.core.watchindex import WatchIndex
 from kagoflow.streams import contract
 from kagoflow.streams.topics import Topics, dlq
+from kagoflow.worker import buckets
 from kagoflow.worker.book import PartitionBook, StateCache
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
-FLUSH_CHUNK = 100
-"""Members written per handled event while a flush is under way (Faust's producer buffer holds 100)."""
+FLUSH_BUDGET_S = 0.003
+"""Time spent writing buckets per handled event while a flush is under way (at least one bucket) ..."""
+IDLE_FLUSH_BUDGET_S = 0.05
+"""... and per tick, which arrives when the partition is quiet (once a second)."""
 
 
 def wall_clock_ms() -> int:
@@ -84,6 +87,7 @@ class Metrics:
     decisions: dict[str, int] = field(default_factory=dict)
     flushes: int = 0
     states_written: int = 0
+    buckets_written: int = 0
     fire_lag_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     """The latest fire lags (decision time minus due time), for ``/metrics``."""
 
@@ -95,6 +99,7 @@ class Metrics:
             "decisions": dict(self.decisions),
             "flushes": self.flushes,
             "states_written": self.states_written,
+            "buckets_written": self.buckets_written,
             "fire_lag_ms": _lag_summary(self.fire_lag_ms),
         }
 
@@ -119,10 +124,12 @@ class MemberProcessor:
         caps: CapStore,
         outbox: Outbox,
         flush_interval_ms: int,
+        buckets_per_partition: int = 256,
+        bucket_cache_bytes: int = 128 * 1024 * 1024,
         cache_capacity: int = 200_000,
         clock: Clock = wall_clock_ms,
         profile_of: Callable[[MemberState], dict[str, Any] | None],
-        scan: Callable[[], Iterable[MemberState]],
+        scan: Callable[[set[int]], Iterable[MemberState]],
         names: Topics,
     ) -> None:
         self.engine = engine
@@ -139,15 +146,39 @@ class MemberProcessor:
         self.cache: StateCache[MemberState] = StateCache(
             capacity=cache_capacity, load=self._load, new=MemberState
         )
+        self.buckets = buckets.BucketCache(buckets=buckets_per_partition, capacity_bytes=bucket_cache_bytes,
+                                           load=self._load_bucket)
+        self._kinds: dict[str, str] = {}
+        """Topic → unprefixed kind, so the hot path does not slice strings per event."""
+        self._partition = 0
+        """Partition of the event being handled: the one whose members ``cache`` loads."""
         self.books: dict[int, PartitionBook[MemberState, Ackable]] = {}
         self.indexes: dict[int, WatchIndex] = {}
         self.unindexed: set[int] = set()
         self.metrics = Metrics()
 
     # -- table access ----------------------------------------------------------------------------
+    def _load_bucket(self, partition: int, bucket: int) -> bytes | None:
+        return self.table.get(buckets.bucket_key(partition, bucket))
+
     def _load(self, member_id: str) -> MemberState | None:
-        raw = self.table.get(member_id.encode())
+        raw = self.buckets.get(self._partition, member_id)
         return MemberState.from_bytes(raw) if raw is not None else None
+
+    def _bucket_of(self, member_id: str) -> int:
+        return buckets.bucket_of(member_id, self.buckets.buckets)
+
+    def member_state(self, member_id: str) -> MemberState | None:
+        """A member's state for the web views (outside stream processing): cached, else from any owned
+        partition's bucket (the member is in at most one of them)."""
+        state = self.cache.peek_cached(member_id)
+        if state is not None:
+            return state
+        for partition in sorted(self.books):
+            raw = self.buckets.get(partition, member_id)
+            if raw is not None:
+                return MemberState.from_bytes(raw)
+        return None
 
     def book(self, partition: int) -> PartitionBook[MemberState, Ackable]:
         book = self.books.get(partition)
@@ -159,30 +190,36 @@ class MemberProcessor:
     async def on_event(self, *, topic: str, partition: int, key: bytes | None, value: bytes, timestamp_ms: int,
                        offset: int, event: Ackable) -> None:
         """Handle one record; never raises on data (bad records go to ``<topic>.dlq``)."""
-        book = self.book(partition)
+        book = self.books.get(partition) or self.book(partition)
+        self._partition = partition
         if self.unindexed:
             self.rebuild()
         book.pending_acks.append(event)
         self.metrics.events += 1
         now = self.clock()
         decisions: list[Decision] = []
+        budget = FLUSH_BUDGET_S
         try:
-            kind = self.names.kind(topic)
-            if kind == "kagoflow-ticks":
-                pass
+            kind = self._kinds.get(topic) or self._kinds.setdefault(topic, self.names.kind(topic))
+            if kind == "beacons":
+                decisions = self._on_member_record(kind, value, timestamp_ms, partition, offset)
+            elif kind == "kagoflow-ticks":
+                budget = IDLE_FLUSH_BUDGET_S
             elif kind == "kagoflow-catalog-events":
-                decisions += self._on_trigger(partition, value)
+                decisions = self._on_trigger(partition, value)
             else:
-                decisions += self._on_member_record(kind, value, timestamp_ms, partition, offset)
+                decisions = self._on_member_record(kind, value, timestamp_ms, partition, offset)
         except ContractError as exc:
             await self._dead_letter(book, topic, partition, offset, value, exc.reason)
         except Exception as exc:  # a bug must not kill the worker or lose the record: park it
             log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
             await self._dead_letter(book, topic, partition, offset, value, f"internal: {type(exc).__name__}: {exc}")
-        decisions += self._fire_due(partition, now)
+        if book.due and book.due[0][0] <= now:
+            decisions += self._fire_due(partition, now)
         if decisions:
             await self._emit(book, decisions)
-        await self._flush_step(book, now)
+        if book.flushing is not None or book.flush_due(now, self.flush_interval_ms):
+            await self._flush_step(book, now, budget_s=budget)
 
     # -- record kinds ------------------------------------------------------------------------------
     def _on_member_record(
@@ -237,8 +274,6 @@ class MemberProcessor:
 
     def _fire_due(self, partition: int, now: int) -> list[Decision]:
         book = self.books[partition]
-        if not book.due or book.due[0][0] > now:
-            return []
         decisions: list[Decision] = []
         for member_id in list(book.pop_due(now)):
             state = self.cache.get(member_id)
@@ -284,23 +319,21 @@ class MemberProcessor:
         envelope = contract.dlq_envelope(topic, partition, offset, value, reason)
         book.in_flight.append(await self.outbox.send(dlq(topic), key=None, value=envelope))
 
-    async def _flush_step(self, book: PartitionBook[MemberState, Ackable], now: int) -> None:
-        """Advance the partition's flush by one chunk; ack its events once all its members are written.
+    async def _flush_step(self, book: PartitionBook[MemberState, Ackable], now: int, *, budget_s: float) -> None:
+        """Advance the partition's flush by some buckets; ack its events once all its buckets are written.
 
         Every table write is a changelog record through Faust's producer; writing a whole interval's
-        members at once would stall the stream (and every due timer) for seconds.
+        buckets at once would stall the stream (and every due timer).
         """
         if book.flush_due(now, self.flush_interval_ms):
-            book.start_flush(now)
+            book.start_flush(now, bucket_of=self._bucket_of)
         if book.flushing is None:
             return
-        for member_id in book.next_chunk(FLUSH_CHUNK):
-            state = self.cache.peek(member_id)
-            if state is not None:
-                self.table[member_id.encode()] = state.to_bytes()
-            if member_id not in book.dirty:
-                self.cache.unpin(member_id)
-            self.metrics.states_written += 1
+        deadline = time.perf_counter() + budget_s
+        while (item := book.next_bucket()) is not None:
+            self._write_bucket(book, *item)
+            if time.perf_counter() >= deadline:
+                break
         if not book.flushing:
             acks, futures = book.finish_flush()
             for future in futures:
@@ -308,6 +341,21 @@ class MemberProcessor:
             for event in acks:
                 event.ack()
             self.metrics.flushes += 1
+
+    def _write_bucket(self, book: PartitionBook[MemberState, Ackable], bucket: int, members: list[str]) -> None:
+        partition = book.partition
+        entries = self.buckets.entries(partition, bucket)
+        for member_id in members:
+            state = self.cache.peek_cached(member_id)
+            if state is not None:
+                entries[member_id] = state.to_bytes()
+            if member_id not in book.dirty:
+                self.cache.unpin(member_id)
+        value = buckets.encode(entries, buckets=self.buckets.buckets)
+        self.table[buckets.bucket_key(partition, bucket)] = value
+        self.buckets.stored(partition, bucket, len(value))
+        self.metrics.states_written += len(members)
+        self.metrics.buckets_written += 1
 
     # -- rebalance ---------------------------------------------------------------------------------
     def assign(self, partitions: set[int]) -> None:
@@ -322,7 +370,7 @@ class MemberProcessor:
         for partition in partitions:
             self.book(partition).clear_due()
             self.indexes[partition] = WatchIndex()
-        for state in self.scan():
+        for state in self.scan(partitions):
             owner = state.partition
             if owner is None or owner not in partitions:
                 continue
@@ -343,3 +391,4 @@ class MemberProcessor:
             self.indexes.pop(partition, None)
             self.unindexed.discard(partition)
         self.cache.drop_where(lambda state: state.partition in partitions)
+        self.buckets.drop_partitions(partitions)

@@ -61,7 +61,7 @@ def add_routes(kf: Kagoflow) -> None:
     app: faust.App = kf.app
 
     def state_of(member_id: str) -> MemberState | None:
-        return kf.processor.cache.peek(member_id)
+        return kf.processor.member_state(member_id)
 
     archives: list[ClickHouseArchive] = []
 

@@ -89,11 +89,22 @@ class Settings:
     Each table write costs a changelog record through Faust's producer (~150 µs), so the interval decides
     throughput: a member active in a session is written once instead of once per beacon. Events are acked
     only after the write, so a crash replays at most this much (de-duplicated by event id)."""
+    state_buckets: int = 256
+    """Member state is stored as this many buckets per partition (one table value each), so a flush writes
+    at most this many changelog records per partition. Part of the stored layout: a worker refuses state
+    written with another count. Keep a bucket well under 1 MB: ~members per partition / buckets x ~0.5 KB."""
+    state_cache_mb: int = 128
+    """Encoded member state kept in memory (decoded buckets), beyond the decoded states being worked on."""
     rocksdb_block_cache_mb: int = 64
     rocksdb_write_buffer_mb: int = 16
     min_delay_seconds: int = 15 * 60
     """Floor of abandonment delays; lower it only for demos (``KAGOFLOW_MIN_DELAY_SECONDS``)."""
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name in ("partitions", "state_buckets", "state_cache_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"KAGOFLOW_{name.upper()}={getattr(self, name)!r}: must be at least 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -22,8 +22,10 @@ from kagoflow.core.events import Beacon, MemberUpdate, OrderUpdate
 
 ProductStateName = Literal["cart", "favorite", "view"]
 
-DEDUP_WINDOW = 256
-"""Recent beacon event ids remembered per member; Kafka redelivers within seconds, not thousands of events."""
+DEDUP_WINDOW = 64
+"""Recent beacon event ids remembered per member. Redelivery (producer retries, a replay of the events a
+worker had not yet flushed and acked) spans seconds — a member's events of one flush interval — not
+hundreds of events; every remembered id is ~40 bytes of stored state per member."""
 MAX_PRODUCTS = 1000
 """Products kept per member; beyond it the least recently touched one is forgotten (bounds state size
 for members who browse for years without buying)."""

@@ -26,9 +26,10 @@ E = TypeVar("E")
 class PartitionBook(Generic[S, E]):
     """What one partition owes: dirty members to write, events to ack, due times to fire.
 
-    ``scheduled`` holds each member's current due time; the heap may also hold superseded entries
-    (a ``last_access`` clock moves the due time with every beacon), which are skipped when popped and
-    compacted away when they outnumber the live ones, so memory stays O(members with a due time).
+    ``scheduled`` holds, per member, the time of its live heap entry: at or before its current due time.
+    The heap may also hold superseded entries (a due time that moved earlier, or was dropped), which are
+    skipped when popped and compacted away when they outnumber the live ones, so memory stays
+    O(members with a due time).
     """
 
     partition: int
@@ -39,16 +40,24 @@ class PartitionBook(Generic[S, E]):
     last_flush_ms: int = 0
     in_flight: list[Any] = field(default_factory=list)
     """Futures of records produced on behalf of this partition's unacked events."""
-    flushing: list[str] | None = None
-    """Members of the flush under way (written a chunk per event, so a flush never stalls the stream)."""
+    flushing: list[tuple[int, list[str]]] | None = None
+    """(bucket, members) of the flush under way, written a few buckets per event so a flush never stalls
+    the stream."""
     flushing_acks: list[E] = field(default_factory=list)
     flushing_futures: list[Any] = field(default_factory=list)
 
     def schedule(self, due_ms: int | None, member_id: str) -> None:
+        """Make sure the member is looked at no later than ``due_ms`` (None: not at all).
+
+        A due time that moved later keeps the earlier heap entry: when it pops, the caller finds the member
+        not yet due and schedules it again. The ``last_access`` clock moves a member's due time with every
+        beacon, so this saves a heap push per beacon at the cost of one extra pop per session.
+        """
         if due_ms is None:
             self.scheduled.pop(member_id, None)
             return
-        if self.scheduled.get(member_id) == due_ms:
+        queued = self.scheduled.get(member_id)
+        if queued is not None and queued <= due_ms:
             return
         self.scheduled[member_id] = due_ms
         heapq.heappush(self.due, (due_ms, member_id))
@@ -57,7 +66,8 @@ class PartitionBook(Generic[S, E]):
             heapq.heapify(self.due)
 
     def pop_due(self, now_ms: int) -> Iterator[str]:
-        """Member ids whose current due time is at or before ``now_ms`` (each once; unscheduled on pop)."""
+        """Member ids queued at or before ``now_ms`` (each once; unscheduled on pop). A member may not be
+        due yet (its due time moved later): the caller checks and schedules it again."""
         while self.due and self.due[0][0] <= now_ms:
             due_ms, member_id = heapq.heappop(self.due)
             if self.scheduled.get(member_id) == due_ms:
@@ -80,22 +90,30 @@ class PartitionBook(Generic[S, E]):
             and now_ms - self.last_flush_ms >= interval_ms
         )
 
-    def start_flush(self, now_ms: int) -> None:
-        """Snapshot what the flush covers: the members changed so far and the events that changed them."""
-        self.flushing = list(self.dirty)
+    def start_flush(self, now_ms: int, *, bucket_of: Callable[[str], int]) -> None:
+        """Snapshot what the flush covers: the members changed so far, grouped by storage bucket, and the
+        events that changed them."""
+        groups: dict[int, list[str]] = {}
+        for member_id in self.dirty:
+            bucket = bucket_of(member_id)
+            members = groups.get(bucket)
+            if members is None:
+                groups[bucket] = [member_id]
+            else:
+                members.append(member_id)
+        self.flushing = list(groups.items())
         self.dirty = set()
         self.flushing_acks, self.pending_acks = self.pending_acks, []
         self.flushing_futures, self.in_flight = self.in_flight, []
         self.last_flush_ms = now_ms
 
-    def next_chunk(self, size: int) -> list[str]:
+    def next_bucket(self) -> tuple[int, list[str]] | None:
+        """The next (bucket, members) to write, None when the flush has written them all."""
         assert self.flushing is not None
-        chunk = self.flushing[-size:]
-        del self.flushing[-size:]
-        return chunk
+        return self.flushing.pop() if self.flushing else None
 
     def finish_flush(self) -> tuple[list[E], list[Any]]:
-        """The events to ack and the futures to await once every snapshotted member is written."""
+        """The events to ack and the futures to await once every snapshotted bucket is written."""
         acks, futures = self.flushing_acks, self.flushing_futures
         self.flushing, self.flushing_acks, self.flushing_futures = None, [], []
         return acks, futures
@@ -131,10 +149,13 @@ class StateCache(Generic[S]):
 
     def peek(self, member_id: str) -> S | None:
         """The cached or stored state, without creating a new one."""
-        state = self._pinned.get(member_id)
-        if state is None:
-            state = self._clean.get(member_id)
+        state = self.peek_cached(member_id)
         return state if state is not None else self._load(member_id)
+
+    def peek_cached(self, member_id: str) -> S | None:
+        """The cached state (changed or clean), without loading or creating one."""
+        state = self._pinned.get(member_id)
+        return state if state is not None else self._clean.get(member_id)
 
     def pin(self, member_id: str) -> None:
         """Keep a changed state in memory until it is written (it may not be evicted before)."""

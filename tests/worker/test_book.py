@@ -35,31 +35,43 @@ def test_cache_evicts_least_recent_clean_state_never_a_pinned_one() -> None:
     assert len(cache) == 0
 
 
-def test_moved_due_times_fire_once_at_the_latest_time_and_the_heap_stays_compact() -> None:
+def test_a_due_time_moving_later_keeps_one_heap_entry_and_pops_early_for_a_recheck() -> None:
     book: PartitionBook[str, object] = PartitionBook(partition=0)
-    for due in range(1, 5000):  # a last_access clock: every beacon moves the member's due time
+    for due in range(1, 5000):  # a last_access clock: every beacon moves the member's due time later
         book.schedule(due, "a")
     book.schedule(10, "b")
-    assert len(book.due) <= 2 * len(book.scheduled) + 1024
-    assert list(book.pop_due(100)) == ["b"]  # a's superseded entries are skipped
+    assert len(book.due) == 2  # no push per beacon
+    assert list(book.pop_due(100)) == ["a", "b"]  # a pops at its first time; the caller finds it not due
+    book.schedule(4999, "a")  # ... and queues it again at its current due time
     assert book.next_due_ms() == 4999
+    assert list(book.pop_due(10_000)) == ["a"]
+
+
+def test_due_times_moving_earlier_leave_superseded_entries_that_are_skipped_and_compacted() -> None:
+    book: PartitionBook[str, object] = PartitionBook(partition=0)
+    for due in range(5000, 1, -1):
+        book.schedule(due, "a")
+    assert len(book.due) <= 2 * len(book.scheduled) + 1024
     assert list(book.pop_due(10_000)) == ["a"]
     book.schedule(None, "c")
     assert book.next_due_ms() is None
 
 
-def test_a_flush_covers_a_snapshot_written_in_chunks_and_later_changes_wait_for_the_next() -> None:
+def test_a_flush_covers_a_snapshot_written_by_bucket_and_later_changes_wait_for_the_next() -> None:
     book: PartitionBook[str, str] = PartitionBook(partition=0, last_flush_ms=0)
     book.dirty |= {"a", "b", "c"}
+    buckets = {"a": 1, "b": 2, "c": 1}
     book.pending_acks += ["e1", "e2"]
     book.in_flight.append("f1")
     assert book.flush_due(10_000, 10_000)
-    book.start_flush(10_000)
+    book.start_flush(10_000, bucket_of=buckets.__getitem__)
     assert not book.flush_due(99_999, 10_000)  # one flush at a time
     book.dirty.add("d")  # changed while the flush runs: belongs to the next one
     book.pending_acks.append("e3")
-    written = book.next_chunk(2) + book.next_chunk(2)
-    assert sorted(written) == ["a", "b", "c"] and book.flushing == []
+    first, second = book.next_bucket(), book.next_bucket()
+    assert first is not None and second is not None
+    assert book.next_bucket() is None and book.flushing == []
+    assert sorted((bucket, sorted(members)) for bucket, members in (first, second)) == [(1, ["a", "c"]), (2, ["b"])]
     acks, futures = book.finish_flush()
     assert (acks, futures) == (["e1", "e2"], ["f1"])
     assert book.flushing is None and book.dirty == {"d"} and book.pending_acks == ["e3"]
