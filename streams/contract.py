@@ -252,6 +252,8 @@ def _plain_beacon(data: dict[str, Any]) -> BeaconFields | None:
     member_id = get("member_id")
     kind = get("type")
     ts = get("ts")
+    if type(ts) is str:
+        ts = _plain_iso_ms(ts)
     device: Device | None = get("device")
     shop_id = get("shop_id")
     if not (
@@ -289,6 +291,20 @@ def _plain_beacon(data: dict[str, Any]) -> BeaconFields | None:
     if kind == "page_view" and get("product_id") is None and get("price") is None and get("quantity") is None:
         return (event_id, member_id, "page_view", ts, None, None, None, device, shop_id, (), None)
     return None
+
+
+def _plain_iso_ms(value: str) -> int | None:
+    """``parse_ts`` of a well-formed ISO-8601 time with an offset; None for anything the checked path must
+    judge (and name)."""
+    if len(value) > 64:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+        if dt.utcoffset() is None:
+            return None
+        return (dt - _EPOCH) // _MS
+    except (ValueError, OverflowError):
+        return None
 
 
 def _checked_beacon_fields(data: dict[str, Any]) -> BeaconFields:

@@ -31,7 +31,9 @@ _EDGES: dict[str, list[Any]] = {
     "type": ["view", "cart_add", "page_view", "purchase", "click", "", 1, None],
     "device": ["pc", "smartphone", "mobile", "tablet", "", 1, None],
     "ts": [0, -1, 4_102_444_799_999, 4_102_444_800_000, 1.7e12, True, "2024-01-01T09:00:00+09:00",
-           "2024-01-01T00:00:00", None],
+           "2024-01-01T00:00:00", "2024-01-01T00:00:00.123Z", "1969-12-31T23:59:59Z", "2100-01-01T00:00:00Z",
+           "2099-12-31T23:59:59.999+00:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "20240101",
+           "2024-01-01T00:00:00+0900", "x" * 65, None],
     "price": [0, 0.0, -0.0, -1, -0.5, 10**12, 10**12 + 1, 1e12, 1.0000001e12, math.inf, math.nan, True,
               "1", None],
     "quantity": [1, 0, -1, 1_000_000, 1_000_001, 1.0, True, "2", None],
@@ -83,6 +85,9 @@ def test_fast_path_takes_the_common_shapes() -> None:
     assert _plain_beacon({**base, "type": "view", "product_id": "p1", "price": 1200}) is not None
     assert _plain_beacon({**base, "type": "cart_add", "product_id": "p1", "quantity": 1}) is not None
     assert _plain_beacon({**base, "type": "page_view"}) is not None
+    iso = {**base, "ts": "2024-01-01T09:00:00.250+09:00"}
+    assert _plain_beacon({**iso, "type": "view", "product_id": "p1"}) == _checked_beacon_fields(
+        {**iso, "type": "view", "product_id": "p1"})
 
 
 def test_new_beacon_is_a_frozen_beacon_equal_to_the_constructor() -> None:
