@@ -7,6 +7,7 @@ Templates receive plain frozen records, never settings or adapters.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -90,6 +91,12 @@ def host_allowed(url: str, domains: Sequence[str]) -> bool:
     return parts.scheme in ("http", "https") and (parts.hostname or "") in {d.lower() for d in domains}
 
 
+@functools.lru_cache(maxsize=16384)
+def _link_allowed(url: str, domains: tuple[str, ...]) -> bool:
+    """``host_allowed`` for mail links: the catalog's product URLs recur in every mail, so parse each once."""
+    return host_allowed(url, domains)
+
+
 class Links:
     """Tracking URLs of one mail."""
 
@@ -121,7 +128,7 @@ class Links:
 
     def click(self, url: str) -> str:
         """Tracked link to ``url``; a URL off the shop's domains is replaced by the shop top page."""
-        if not host_allowed(url, self._settings.shop_domains):
+        if not _link_allowed(url, tuple(self._settings.shop_domains)):
             url = self._settings.shop_url
         return f"{self._base}/c/{self._token('click', url)}"
 
