@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -18,6 +18,8 @@ import redis.exceptions
 from kagoflow.core.caps import CapRequest
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 DAY_S = 86_400
 COUNTER_TTL_S = 40 * DAY_S
 """Cap counters outlive the longest period (a month) they count."""
@@ -40,23 +42,23 @@ async def _guard(call: Callable[[], Awaitable[T]]) -> T:
         raise StoreUnavailable(f"redis error: {exc}") from exc
 
 
-class _Batcher:
-    """Commands issued by concurrent tasks in the same event-loop turn go to Redis as one pipeline.
+class _Coalescer(Generic[ItemT, ResultT]):
+    """Calls made by concurrent tasks in the same event-loop turn are handed to ``flush`` together.
 
-    Many mails are delivered concurrently; without this each pays a full round trip (and redis-py's
+    Many mails are delivered concurrently; without this each pays a full Redis round trip (and redis-py's
     per-command overhead) for its ledger reservation and confirmation. Every caller still awaits its own
-    command's result, so the semantics of each call are unchanged.
+    item's result, so the semantics of each call are unchanged; an exception of ``flush`` goes to all callers.
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+    def __init__(self, flush: Callable[[list[ItemT]], Awaitable[list[Any]]]) -> None:
+        self._flush_items = flush
+        self._queue: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def call(self, *command: Any) -> Any:
+    async def call(self, item: ItemT) -> ResultT:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((command, future))
+        future: asyncio.Future[ResultT] = loop.create_future()
+        self._queue.append((item, future))
         if len(self._queue) == 1:
             loop.call_soon(self._start_flush)
         return await future
@@ -69,10 +71,7 @@ class _Batcher:
     async def _flush(self) -> None:
         queue, self._queue = self._queue, []
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for command, _ in queue:
-                    pipe.execute_command(*command)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self._flush_items([item for item, _ in queue])
         except BaseException as exc:
             for _, future in queue:
                 if not future.done():
@@ -87,6 +86,23 @@ class _Batcher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+class _Batcher:
+    """Commands of one event-loop turn go to Redis as one pipeline (each keeps its own result or error)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._coalescer: _Coalescer[tuple[Any, ...], Any] = _Coalescer(self._pipeline)
+
+    async def call(self, *command: Any) -> Any:
+        return await self._coalescer.call(command)
+
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
 
 
 _CAP_LUA = """
@@ -162,13 +178,32 @@ class Reservation:
 
 
 _RESERVE_LUA = """
-local existing = redis.call('GET', KEYS[3])
-if existing then return {'exists', existing} end
-local reason = redis.call('HGET', KEYS[1], ARGV[1])
-if not reason and ARGV[2] ~= '' then reason = redis.call('HGET', KEYS[2], ARGV[2]) end
-if reason then return {'suppressed', reason} end
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-return {'reserved', ''}
+-- KEYS[1], KEYS[2]: suppressed members / addresses; KEYS[2 + i]: ledger key of reservation i.
+-- ARGV[1]: TTL; ARGV[3i - 1], ARGV[3i], ARGV[3i + 1]: member, address, 'reserved' entry of reservation i.
+-- Per reservation, in order: an existing ledger entry wins, then the suppression list, else reserve.
+local out = {}
+for i = 1, #KEYS - 2 do
+  local key = KEYS[i + 2]
+  local existing = redis.call('GET', key)
+  if existing then
+    out[2 * i - 1], out[2 * i] = 'exists', existing
+  else
+    local reason = redis.call('HGET', KEYS[1], ARGV[3 * i - 1])
+    if not reason and ARGV[3 * i] ~= '' then reason = redis.call('HGET', KEYS[2], ARGV[3 * i]) end
+    if reason then
+      out[2 * i - 1], out[2 * i] = 'suppressed', reason
+    else
+      redis.call('SET', key, ARGV[3 * i + 1], 'EX', ARGV[1])
+      out[2 * i - 1], out[2 * i] = 'reserved', ''
+    end
+  end
+end
+return out
+"""
+_CONFIRM_LUA = """
+-- KEYS[i]: ledger key; ARGV[1]: TTL; ARGV[i + 1]: its final entry.
+for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1]) end
+return #KEYS
 """
 
 
@@ -183,6 +218,11 @@ class RedisStore:
         self._suppressed_members = f"{prefix}suppressed:member"
         self._suppressed_emails = f"{prefix}suppressed:email"
         self._uncertain = f"{prefix}ledger:uncertain"
+        # Reservations and confirmations of one event-loop turn: one script call each (EVALSHA).
+        self._reserve_script = client.register_script(_RESERVE_LUA)
+        self._confirm_script = client.register_script(_CONFIRM_LUA)
+        self._reservations: _Coalescer[tuple[str, str, str, str], tuple[str, str]] = _Coalescer(self._reserve_many)
+        self._confirmations: _Coalescer[tuple[str, str], None] = _Coalescer(self._confirm_many)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "kf:") -> RedisStore:
@@ -201,25 +241,33 @@ class RedisStore:
     # -- send ledger -----------------------------------------------------------------------------------
 
     async def reserve(self, key: str, *, member_id: str, email: str, now_ms: int) -> Reservation:
-        """Atomically: an existing ledger entry wins, then the suppression list, else reserve ``key``."""
-        keys = [self._suppressed_members, self._suppressed_emails, self._ledger_key(key)]
-        args: list[str | int] = [
-            member_id,
-            _norm_email(email),
-            LedgerEntry("reserved", now_ms).encode(),
-            ANSWER_TTL_S,
-        ]
-        kind, value = await _guard(lambda: self._batcher.call("EVAL", _RESERVE_LUA, len(keys), *keys, *args))
-        kind = kind.decode() if isinstance(kind, bytes) else kind
+        """Atomically: an existing ledger entry wins, then the suppression list, else reserve ``key``.
+
+        Reservations asked for in the same event-loop turn go to Redis as one script call (each is still
+        atomic, and answered on its own)."""
+        item = (self._ledger_key(key), member_id, _norm_email(email), LedgerEntry("reserved", now_ms).encode())
+        kind, value = await _guard(lambda: self._reservations.call(item))
         if kind == "reserved":
             return Reservation(reserved=True)
         if kind == "exists":
             return Reservation(existing=LedgerEntry.decode(value))
         return Reservation(suppressed=_reason(value))
 
+    async def _reserve_many(self, items: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
+        keys = [self._suppressed_members, self._suppressed_emails, *(item[0] for item in items)]
+        args: list[str | int] = [ANSWER_TTL_S]
+        for _, member_id, email, entry in items:
+            args += (member_id, email, entry)
+        flat = [_text(value) for value in await self._reserve_script(keys=keys, args=args)]
+        return list(zip(flat[::2], flat[1::2], strict=True))
+
     async def confirm(self, key: str, *, state: LedgerState = "sent", now_ms: int, detail: str = "") -> None:
         entry = LedgerEntry(state, now_ms, detail.replace("|", "/")).encode()
-        await _guard(lambda: self._batcher.call("SET", self._ledger_key(key), entry, "EX", ANSWER_TTL_S))
+        await _guard(lambda: self._confirmations.call((self._ledger_key(key), entry)))
+
+    async def _confirm_many(self, items: list[tuple[str, str]]) -> list[None]:
+        await self._confirm_script(keys=[key for key, _ in items], args=[ANSWER_TTL_S, *(e for _, e in items)])
+        return [None] * len(items)
 
     async def release(self, key: str) -> None:
         """Forget a reservation whose mail was certainly not sent, so a later replay may try again."""
@@ -277,6 +325,9 @@ def _norm_email(email: str) -> str:
     return email.strip().lower()
 
 
+def _text(raw: str | bytes) -> str:
+    return raw.decode("utf-8") if isinstance(raw, bytes) else raw
+
+
 def _reason(raw: str | bytes) -> str:
-    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    return text.rsplit("|", 1)[0]
+    return _text(raw).rsplit("|", 1)[0]

@@ -7,9 +7,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
+from kagoflow.adapters.redis_store import LedgerEntry, RedisStore, StoreUnavailable
 from kagoflow.core.caps import CapLimits, CapRequest, InMemoryCapStore, cap_request
 from kagoflow.core.shoptime import from_local
+from kagoflow.settings import Settings
 from tests.mail.helpers import free_port, redis_store_fixture  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -97,6 +98,49 @@ async def test_ledger_reserve_confirm_and_replay(redis_store: RedisStore) -> Non
     await redis_store.note_uncertain("m1|r|e1")
     assert await redis_store.count_uncertain() == 1
     assert await redis_store.uncertain_keys() == ["m1|r|e1"]
+
+
+async def test_reservations_of_one_turn_go_together_and_each_gets_its_own_answer(redis_store: RedisStore) -> None:
+    await redis_store.suppress(member_id="m-off", reason="unsubscribe", now_ms=1)
+    await redis_store.reserve("old|r|e", member_id="m-old", email="old@example.com", now_ms=7)
+    await redis_store.confirm("old|r|e", now_ms=8, detail="<old@x>")
+    # 54 reservations asked for in one event-loop turn: one script call, answered each on its own
+    answers = await asyncio.gather(
+        *(redis_store.reserve(f"k{i}|r|e", member_id=f"m{i}", email=f"m{i}@example.com", now_ms=10) for i in range(50)),
+        redis_store.reserve("dup|r|e", member_id="m-dup", email="dup@example.com", now_ms=11),
+        redis_store.reserve("dup|r|e", member_id="m-dup", email="dup@example.com", now_ms=12),
+        redis_store.reserve("off|r|e", member_id="m-off", email="off@example.com", now_ms=13),
+        redis_store.reserve("old|r|e", member_id="m-old", email="old@example.com", now_ms=14),
+    )
+    assert all(a.reserved for a in answers[:50])
+    dup_first, dup_second, off, old = answers[50:]
+    assert dup_first.reserved and dup_second.existing == LedgerEntry("reserved", 11)
+    assert off.suppressed == "unsubscribe" and await redis_store.state("off|r|e") is None
+    assert old.existing == LedgerEntry("sent", 8, "<old@x>")
+    await asyncio.gather(*(redis_store.confirm(f"k{i}|r|e", now_ms=20, detail=f"<{i}@x>") for i in range(50)))
+    assert await redis_store.state("k7|r|e") == LedgerEntry("sent", 20, "<7@x>")
+    assert 59 * 86400 < await redis_store.client.ttl(redis_store.prefix + "ledger:k7|r|e") <= 60 * 86400
+
+
+async def test_two_workers_racing_for_the_same_decisions_reserve_each_once(
+    stack: Settings, redis_store: RedisStore
+) -> None:
+    other = RedisStore.from_url(stack.redis_url, prefix=redis_store.prefix)  # a second worker's connection
+    try:
+        keys = [f"race{i}|r|e" for i in range(40)]
+        mine, theirs = await asyncio.gather(
+            asyncio.gather(*(redis_store.reserve(k, member_id="m", email="m@example.com", now_ms=1) for k in keys)),
+            asyncio.gather(*(other.reserve(k, member_id="m", email="m@example.com", now_ms=2) for k in reversed(keys))),
+        )
+        theirs_by_key = list(reversed(theirs))
+        # each decision reserved by exactly one of the two; the other sees that reservation
+        assert all(a.reserved != b.reserved for a, b in zip(mine, theirs_by_key, strict=True))
+        assert all(
+            (a.existing or b.existing) == LedgerEntry("reserved", 2 if b.reserved else 1)
+            for a, b in zip(mine, theirs_by_key, strict=True)
+        )
+    finally:
+        await other.close()
 
 
 async def test_suppression_by_member_and_by_address(redis_store: RedisStore) -> None:
