@@ -218,11 +218,8 @@ class RedisStore:
         self._suppressed_members = f"{prefix}suppressed:member"
         self._suppressed_emails = f"{prefix}suppressed:email"
         self._uncertain = f"{prefix}ledger:uncertain"
-        # Reservations and confirmations of one event-loop turn: one script call each (EVALSHA).
-        self._reserve_script = client.register_script(_RESERVE_LUA)
-        self._confirm_script = client.register_script(_CONFIRM_LUA)
-        self._reservations: _Coalescer[tuple[str, str, str, str], tuple[str, str]] = _Coalescer(self._reserve_many)
-        self._confirmations: _Coalescer[tuple[str, str], None] = _Coalescer(self._confirm_many)
+        # Reservations and confirmations of one event-loop turn: one pipeline, one script call for each kind.
+        self._ledger: _Coalescer[tuple[str, ...], Any] = _Coalescer(self._ledger_flush)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "kf:") -> RedisStore:
@@ -243,31 +240,54 @@ class RedisStore:
     async def reserve(self, key: str, *, member_id: str, email: str, now_ms: int) -> Reservation:
         """Atomically: an existing ledger entry wins, then the suppression list, else reserve ``key``.
 
-        Reservations asked for in the same event-loop turn go to Redis as one script call (each is still
-        atomic, and answered on its own)."""
-        item = (self._ledger_key(key), member_id, _norm_email(email), LedgerEntry("reserved", now_ms).encode())
-        kind, value = await _guard(lambda: self._reservations.call(item))
+        Reservations asked for in the same event-loop turn go to Redis as one script call, in one write with
+        the turn's confirmations (each reservation is still atomic, and answered on its own)."""
+        item = (
+            "reserve",
+            self._ledger_key(key),
+            member_id,
+            _norm_email(email),
+            LedgerEntry("reserved", now_ms).encode(),
+        )
+        kind, value = await _guard(lambda: self._ledger.call(item))
         if kind == "reserved":
             return Reservation(reserved=True)
         if kind == "exists":
             return Reservation(existing=LedgerEntry.decode(value))
         return Reservation(suppressed=_reason(value))
 
-    async def _reserve_many(self, items: list[tuple[str, str, str, str]]) -> list[tuple[str, str]]:
-        keys = [self._suppressed_members, self._suppressed_emails, *(item[0] for item in items)]
-        args: list[str | int] = [ANSWER_TTL_S]
-        for _, member_id, email, entry in items:
-            args += (member_id, email, entry)
-        flat = [_text(value) for value in await self._reserve_script(keys=keys, args=args)]
-        return list(zip(flat[::2], flat[1::2], strict=True))
-
     async def confirm(self, key: str, *, state: LedgerState = "sent", now_ms: int, detail: str = "") -> None:
         entry = LedgerEntry(state, now_ms, detail.replace("|", "/")).encode()
-        await _guard(lambda: self._confirmations.call((self._ledger_key(key), entry)))
+        await _guard(lambda: self._ledger.call(("confirm", self._ledger_key(key), entry)))
 
-    async def _confirm_many(self, items: list[tuple[str, str]]) -> list[None]:
-        await self._confirm_script(keys=[key for key, _ in items], args=[ANSWER_TTL_S, *(e for _, e in items)])
-        return [None] * len(items)
+    async def _ledger_flush(self, ops: list[tuple[str, ...]]) -> list[Any]:
+        """One write to Redis for the turn: the reservations (in order) as one script, then the confirmations."""
+        reserves = [i for i, op in enumerate(ops) if op[0] == "reserve"]
+        confirms = [i for i, op in enumerate(ops) if op[0] == "confirm"]
+        async with self.client.pipeline(transaction=False) as pipe:
+            if reserves:
+                args: list[str | int] = [ANSWER_TTL_S]
+                for i in reserves:
+                    args += ops[i][2:5]
+                keys = [self._suppressed_members, self._suppressed_emails, *(ops[i][1] for i in reserves)]
+                pipe.execute_command("EVAL", _RESERVE_LUA, len(keys), *keys, *args)
+            if confirms:
+                keys = [ops[i][1] for i in confirms]
+                pipe.execute_command(
+                    "EVAL", _CONFIRM_LUA, len(keys), *keys, ANSWER_TTL_S, *(ops[i][2] for i in confirms)
+                )
+            answers = iter(await pipe.execute(raise_on_error=False))
+        results: list[Any] = [None] * len(ops)
+        if reserves:
+            answer = next(answers)
+            flat = answer if isinstance(answer, Exception) else [_text(value) for value in answer]
+            for n, i in enumerate(reserves):
+                results[i] = flat if isinstance(flat, Exception) else (flat[2 * n], flat[2 * n + 1])
+        if confirms:
+            answer = next(answers)
+            for i in confirms:
+                results[i] = answer if isinstance(answer, Exception) else None
+        return results
 
     async def release(self, key: str) -> None:
         """Forget a reservation whose mail was certainly not sent, so a later replay may try again."""

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kagoflow.adapters.redis_store import LedgerEntry, RedisStore, StoreUnavailable
+from kagoflow.adapters.redis_store import LedgerEntry, RedisStore, Reservation, StoreUnavailable
 from kagoflow.core.caps import CapLimits, CapRequest, InMemoryCapStore, cap_request
 from kagoflow.core.shoptime import from_local
 from kagoflow.settings import Settings
@@ -117,7 +117,12 @@ async def test_reservations_of_one_turn_go_together_and_each_gets_its_own_answer
     assert dup_first.reserved and dup_second.existing == LedgerEntry("reserved", 11)
     assert off.suppressed == "unsubscribe" and await redis_store.state("off|r|e") is None
     assert old.existing == LedgerEntry("sent", 8, "<old@x>")
-    await asyncio.gather(*(redis_store.confirm(f"k{i}|r|e", now_ms=20, detail=f"<{i}@x>") for i in range(50)))
+    # confirmations and new reservations of one turn share a write
+    *_, late = await asyncio.gather(
+        *(redis_store.confirm(f"k{i}|r|e", now_ms=20, detail=f"<{i}@x>") for i in range(50)),
+        redis_store.reserve("late|r|e", member_id="m-late", email="late@example.com", now_ms=21),
+    )
+    assert late == Reservation(reserved=True)
     assert await redis_store.state("k7|r|e") == LedgerEntry("sent", 20, "<7@x>")
     assert 59 * 86400 < await redis_store.client.ttl(redis_store.prefix + "ledger:k7|r|e") <= 60 * 86400
 
