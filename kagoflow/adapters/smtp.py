@@ -11,7 +11,9 @@ errors that say what the caller may do next:
 
 Connections are opened lazily by aiosmtplib (connect, STARTTLS, AUTH, EHLO), reused, and replaced after any
 connection-level failure; the transactions themselves run in ``smtp_wire`` — pipelined (RFC 2920) when the
-server advertises PIPELINING, one command at a time otherwise.
+server advertises PIPELINING, one command at a time otherwise. On a pipelining connection a send gives the
+connection up once its content is written (to the next waiting send, whose envelope rides in that write)
+and then only waits for its own final reply.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections import deque
+from dataclasses import dataclass
 from typing import cast
 
 import aiosmtplib
 
 from kagoflow.adapters.smtp_wire import (
+    Reply,
     ReplyReader,
     SmtpConnection,
     SmtpError,
@@ -32,6 +37,8 @@ from kagoflow.adapters.smtp_wire import (
     SmtpUncertainError,
     StaleConnection,
     classify,
+    envelope_commands,
+    message_content,
 )
 from kagoflow.settings import Settings
 
@@ -76,7 +83,9 @@ class SmtpPool:
         self._timeout = timeout
         self._tls_context = tls_context
         self._pipelining = pipelining
-        self._idle: asyncio.LifoQueue[SmtpConnection | None] | None = None
+        self._idle: list[SmtpConnection | None] | None = None
+        """Slots not in use (None: no connection open yet); in use, a slot is owned by one send."""
+        self._waiting: deque[_Waiter] = deque()
         self._open: set[SmtpConnection] = set()
 
     @classmethod
@@ -94,9 +103,7 @@ class SmtpPool:
     async def start(self) -> None:
         """Create the pool's slots; connections open on first use (an SMTP outage must not stop a worker)."""
         if self._idle is None:
-            self._idle = asyncio.LifoQueue()
-            for _ in range(self.size):
-                self._idle.put_nowait(None)
+            self._idle = [None] * self.size
 
     async def close(self) -> None:
         connections = list(self._open)
@@ -139,22 +146,60 @@ class SmtpPool:
         self._open.discard(connection)
         connection.close()
 
+    async def _acquire(self, envelope: bytes) -> _Slot:
+        """An idle slot, or the next one released or handed over (FIFO)."""
+        assert self._idle is not None
+        if self._idle:
+            return self._idle.pop(), None
+        waiter = _Waiter(envelope, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiter)
+        try:
+            return await waiter.slot
+        except BaseException:
+            if waiter.slot.done() and not waiter.slot.cancelled():
+                connection, written = waiter.slot.result()
+                if written is not None and connection is not None:
+                    # Our envelope is already out on it and nobody will finish the transaction.
+                    self._drop(connection)
+                    connection = None
+                self._release(connection)
+            raise
+
+    def _next_waiter(self) -> _Waiter | None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.slot.done():  # not cancelled meanwhile
+                return waiter
+        return None
+
+    def _release(self, connection: SmtpConnection | None) -> None:
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.slot.set_result((connection, None))
+        elif self._idle is not None:
+            self._idle.append(connection)
+
     async def send(self, *, sender: str, recipient: str, data: bytes, smtputf8: bool = False) -> str:
         """Send one message; returns the server's final reply. Raises the errors of the module doc.
 
-        A pooled connection the server has meanwhile closed (idle timeout, restart) is noticed before or at
-        MAIL; the send then moves to a fresh connection at once instead of failing as temporary.
+        The send owns its connection from the envelope until the content is written. On a pipelining
+        connection it then hands the connection to the next waiting send — whose envelope goes out in the
+        same write as this content — or frees it, and only waits for its own final reply; otherwise it
+        holds it until that reply. A pooled connection the server has meanwhile closed (idle timeout,
+        restart) is noticed before or at MAIL; the send then moves to a fresh connection at once instead of
+        failing as temporary.
         """
         for address in (sender, recipient):
             if not address or _UNUSABLE_IN_ADDRESS.search(address):
                 raise ValueError(f"unusable envelope address {address!r}")
+        commands = envelope_commands(sender, recipient, smtputf8)
+        content = message_content(data)
         await self.start()
-        idle = self._idle
-        assert idle is not None
-        connection = await idle.get()
+        connection, written = await self._acquire(b"".join(commands))
+        owner = True
         try:
             while True:
-                reused = connection is not None and connection.usable
+                reused = written is not None or (connection is not None and connection.usable)
                 if not reused:
                     if connection is not None:
                         self._drop(connection)
@@ -162,8 +207,13 @@ class SmtpPool:
                     connection = await self._connect()
                 assert connection is not None
                 try:
-                    return await connection.transaction(sender, recipient, data, smtputf8)
+                    await connection.envelope(commands, written)
+                    written = None
+                    final = self._send_content(connection, content)
+                    owner = not connection.pipelining
+                    return await connection.finish(final)
                 except StaleConnection as exc:
+                    written = None
                     self._drop(connection)
                     connection = None
                     if not reused:
@@ -171,12 +221,42 @@ class SmtpPool:
                 except SmtpError as exc:
                     if exc.drop_connection:
                         self._drop(connection)
-                        connection = None
+                        if owner:
+                            connection = None
                     raise
                 except BaseException:
-                    # Cancelled mid-transaction: the connection's protocol state is unknown, never reuse it.
-                    self._drop(connection)
-                    connection = None
+                    if owner:  # cancelled mid-transaction: the protocol state is unknown, never reuse it
+                        self._drop(connection)
+                        connection = None
                     raise
         finally:
-            idle.put_nowait(connection)
+            if owner:
+                self._release(connection)
+
+    def _send_content(self, connection: SmtpConnection, content: bytes) -> asyncio.Future[list[Reply]]:
+        """Write the content; on a pipelining connection pass it on (with the next waiting envelope in the
+        same write) or free it. Returns the future of the final reply."""
+        if not connection.pipelining:
+            return connection.send_content(content)[0]
+        waiter = self._next_waiter()
+        if waiter is None:
+            final, _ = connection.send_content(content)
+            self._release(connection)
+            return final
+        try:
+            final, following = connection.send_content(content, waiter.envelope)
+        except BaseException:
+            self._waiting.appendleft(waiter)
+            raise
+        waiter.slot.set_result((connection, following))
+        return final
+
+
+_Slot = tuple[SmtpConnection | None, "asyncio.Future[list[Reply]] | None"]
+"""A connection (None: open one) and, when handed over, the future of the envelope already sent on it."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    envelope: bytes
+    slot: asyncio.Future[_Slot]

@@ -3,8 +3,10 @@
 aiosmtplib opens the connection, upgrades it with STARTTLS and authenticates (``SmtpPool._connect``); the
 transport is then handed to ``ReplyReader``, which — unlike aiosmtplib's protocol, which reads exactly one
 reply per command written — collects any number of replies for one write. With PIPELINING advertised, MAIL
-FROM, RCPT TO and DATA go out in one write and their three replies are read together, then the content and
-its final reply: two round trips per mail instead of four. Without it, one command at a time.
+FROM, RCPT TO and DATA go out in one write and their three replies are read together; the content follows
+with, when another mail waits for the connection, that mail's MAIL / RCPT / DATA in the same write (RFC 2920
+lets the message content start a command group). One write and one round trip per mail instead of four.
+Without PIPELINING, one command at a time.
 
 Outcomes are told apart exactly (see ``kagoflow.adapters.smtp``): a refusal is classified by the first
 command the server refused; a connection lost before any message content was written is safe to retry
@@ -105,18 +107,30 @@ class ReplyReader(asyncio.Protocol):
     def usable(self) -> bool:
         return self.closed is None and not self.transport.is_closing()
 
-    async def request(self, data: bytes, replies: int) -> list[Reply]:
-        """Write ``data`` (one or more commands, or message content) and return its ``replies`` replies."""
+    def submit(self, data: bytes, *replies: int) -> list[asyncio.Future[list[Reply]]]:
+        """Write ``data`` (commands and/or message content) at once; one future per group of ``replies``
+        replies that answers it, in order. Raises ``Lost`` (nothing written) on a closed connection."""
         if not self.usable:
             raise Lost(self.closed or "connection closed", [], written=False)
-        wait = _Wait(replies, self._loop.create_future())
-        self._waiting.append(wait)
+        futures: list[asyncio.Future[list[Reply]]] = []
+        for count in replies:
+            wait = _Wait(count, self._loop.create_future())
+            self._waiting.append(wait)
+            futures.append(wait.future)
         self.transport.write(data)
+        return futures
+
+    async def wait(self, future: asyncio.Future[list[Reply]]) -> list[Reply]:
+        """The replies of a submitted group; the connection is aborted if they do not come in time."""
         timer = self._loop.call_later(self._timeout, self.abort, f"no reply within {self._timeout:g}s")
         try:
-            return await wait.future
+            return await future
         finally:
             timer.cancel()
+
+    async def request(self, data: bytes, replies: int) -> list[Reply]:
+        [future] = self.submit(data, replies)
+        return await self.wait(future)
 
     def abort(self, reason: str) -> None:
         self._fail(reason)
@@ -193,8 +207,19 @@ def _first_refusal(replies: list[Reply]) -> Reply | None:
     return None
 
 
+def envelope_commands(sender: str, recipient: str, smtputf8: bool) -> tuple[bytes, bytes, bytes]:
+    encoding = "utf-8" if smtputf8 else "ascii"
+    return (
+        b"MAIL FROM:<" + sender.encode(encoding) + (b"> SMTPUTF8\r\n" if smtputf8 else b">\r\n"),
+        b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n",
+        b"DATA\r\n",
+    )
+
+
 class SmtpConnection:
-    """A connection after EHLO (and STARTTLS / AUTH): one mail transaction at a time."""
+    """A connection after EHLO (and STARTTLS / AUTH). A transaction is ``envelope``, ``send_content`` and
+    ``finish``; with pipelining the next transaction's envelope may go out with this one's content (the
+    pool hands the connection over then), so transactions overlap by one round trip."""
 
     def __init__(self, reader: ReplyReader, *, pipelining: bool) -> None:
         self.reader = reader
@@ -204,17 +229,16 @@ class SmtpConnection:
     def usable(self) -> bool:
         return self.reader.usable
 
-    async def transaction(self, sender: str, recipient: str, data: bytes, smtputf8: bool) -> str:
-        """MAIL / RCPT / DATA / content; returns the final reply, raises as the module doc says."""
-        encoding = "utf-8" if smtputf8 else "ascii"
-        commands = (
-            b"MAIL FROM:<" + sender.encode(encoding) + (b"> SMTPUTF8\r\n" if smtputf8 else b">\r\n"),
-            b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n",
-            b"DATA\r\n",
-        )
-        content = message_content(data)
+    async def envelope(
+        self, commands: tuple[bytes, bytes, bytes], written: asyncio.Future[list[Reply]] | None = None
+    ) -> None:
+        """MAIL / RCPT / DATA up to the server's 354 (``written``: they already went out, with the content of
+        the transaction before). Raises ``StaleConnection`` or the refusal, after which the connection is
+        reset (RSET) or marked for dropping."""
         try:
-            if self.pipelining:
+            if written is not None:
+                replies = await self.reader.wait(written)
+            elif self.pipelining:
                 replies = await self.reader.request(b"".join(commands), 3)
             else:
                 replies = []
@@ -234,19 +258,34 @@ class SmtpConnection:
             error = classify(refusal.code, refusal.text)
             error.drop_connection = refusal.code == 421 or not await self._abandon(replies)
             raise error
+
+    def send_content(
+        self, content: bytes, next_envelope: bytes = b""
+    ) -> tuple[asyncio.Future[list[Reply]], asyncio.Future[list[Reply]] | None]:
+        """Write the content (``message_content``), followed by the next transaction's pipelined envelope if
+        given; returns the futures of the final reply and of that envelope's three replies."""
         try:
-            [final] = await self.reader.request(content, 1)
+            if next_envelope:
+                final, following = self.reader.submit(content + next_envelope, 1, 3)
+                return final, following
+            [final] = self.reader.submit(content, 1)
+        except Lost as exc:  # the connection closed just now: nothing of the content went out
+            raise StaleConnection(exc.reason) from exc
+        return final, None
+
+    async def finish(self, final: asyncio.Future[list[Reply]]) -> str:
+        """The final reply to the content: the server's answer, or ``SmtpUncertainError`` if it never came."""
+        try:
+            [reply] = await self.reader.wait(final)
         except Lost as exc:
-            if not exc.written:
-                raise StaleConnection(exc.reason) from exc
-            error = SmtpUncertainError(None, f"{exc.reason} after the message content was sent")
-            error.drop_connection = True
-            raise error from exc
-        if final.code != 250:
-            error = classify(final.code, final.text)
-            error.drop_connection = final.code == 421
+            uncertain = SmtpUncertainError(None, f"{exc.reason} after the message content was sent")
+            uncertain.drop_connection = True
+            raise uncertain from exc
+        if reply.code != 250:
+            error = classify(reply.code, reply.text)
+            error.drop_connection = reply.code == 421
             raise error
-        return str(final)
+        return str(reply)
 
     async def _abandon(self, replies: list[Reply]) -> bool:
         """End a refused transaction (RSET); False when the connection is not usable afterwards."""

@@ -9,11 +9,12 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import uvloop
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -111,14 +112,19 @@ async def test_connection_dropped_after_the_content_is_uncertain_and_not_retried
 ) -> None:
     handler, controller = pipelining_smtp
     pool = SmtpPool(host="127.0.0.1", port=controller.port, size=1)
-    handler.drop_after_content.add("lost@example.com")
+    handler.drop_after_content.update({"lost@example.com", "lost2@example.com"})
     with pytest.raises(SmtpUncertainError):
         await _send(pool, "lost@example.com")
     assert handler.recipients() == ["lost@example.com"]  # the server did take it: a retry would duplicate it
-    # the broken connection is replaced
-    await _send(pool, "next@example.com")
-    assert handler.recipients() == ["lost@example.com", "next@example.com"]
-    assert handler.ehlos == 2
+    # The same with a second mail waiting: its envelope went out in the write of the lost mail's content,
+    # nothing of its content did, so it is retried on a fresh connection and delivered.
+    lost, following = await asyncio.gather(
+        _send(pool, "lost2@example.com"), _send(pool, "next@example.com"), return_exceptions=True
+    )
+    assert isinstance(lost, SmtpUncertainError)
+    assert isinstance(following, str) and following.startswith("250 ")
+    assert handler.recipients() == ["lost@example.com", "lost2@example.com", "next@example.com"]
+    assert handler.ehlos == 3
     await pool.close()
 
 
@@ -176,19 +182,48 @@ class StrictPipeliningServer(asyncio.Protocol):
             self.transport.write(replies.get(verb, b"502 not here\r\n"))
 
 
-async def test_envelope_goes_out_in_one_write_to_a_strict_server() -> None:
+@pytest_asyncio.fixture(name="strict_server")
+async def strict_server_fixture() -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A ``StrictPipeliningServer`` on a free port: (port, contents received)."""
     received: list[bytes] = []
     server = await asyncio.get_running_loop().create_server(
         lambda: type("Strict", (StrictPipeliningServer,), {"received": received})(), "127.0.0.1", 0
     )
-    port = server.sockets[0].getsockname()[1]
-    pool = SmtpPool(host="127.0.0.1", port=port, size=1, timeout=3)
-    for i in range(3):
-        await pool.send(sender="shop@example.com", recipient=f"s{i}@example.com", data=b"Subject: x\r\n\r\nbody\r\n")
-    assert received == [b"Subject: x\r\n\r\nbody\r\n"] * 3
-    await pool.close()
+    yield server.sockets[0].getsockname()[1], received
     server.close()
     await server.wait_closed()
+
+
+async def test_envelope_goes_out_in_one_write_to_a_strict_server(strict_server: tuple[int, list[bytes]]) -> None:
+    port, received = strict_server
+    pool = SmtpPool(host="127.0.0.1", port=port, size=1, timeout=3)
+    for i in range(3):
+        await _send(pool, f"s{i}@example.com")
+    assert received == [MESSAGE.replace(b"\r\n.", b"\r\n..")] * 3  # on the wire: dot-stuffed
+    await pool.close()
+
+
+async def test_on_a_busy_connection_the_next_envelope_goes_out_with_the_content(
+    strict_server: tuple[int, list[bytes]],
+) -> None:
+    port, received = strict_server
+    pool = SmtpPool(host="127.0.0.1", port=port, size=1, timeout=3)
+    await _send(pool, "first@example.com")
+    [connection] = _connections(pool)
+    transport = connection.reader.transport
+    writes: list[bytes] = []
+
+    def write(data: bytes) -> None:
+        writes.append(bytes(data))
+        type(transport).write(transport, data)
+
+    transport.write = write
+    await asyncio.gather(*(_send(pool, f"busy{i}@example.com") for i in range(6)))
+    assert len(received) == 7
+    # envelope 1, then content 1..5 each with the next envelope, then content 6: 7 writes instead of 12
+    assert len(writes) == 7
+    assert all(b"\r\n.\r\nMAIL FROM:<shop@example.com>\r\nRCPT TO:<busy" in w for w in writes[1:6])
+    await pool.close()
 
 
 # -- STARTTLS + AUTH, on asyncio's and on uvloop's TLS transport ---------------------------------------------
