@@ -1,6 +1,7 @@
 """Benchmark: render + send N mails through the Deliverer with SMTP pool sizes 1, 4 and 8.
 
     .venv/bin/python bench/mail_send.py [--mails 20000] [--pools 1,4,8] [--no-redis] [--no-pipelining]
+        [--per-connection K] [--sink raw|aiosmtpd]
 
 The SMTP sink runs in a separate process and counts and discards mails: by default a minimal SMTP
 responder (aiosmtpd costs about as much CPU per mail as the client, which on 2 cores would measure the
@@ -8,7 +9,8 @@ sink), ``--sink aiosmtpd`` for aiosmtpd; both advertise PIPELINING like most MTA
 client sends one command at a time anyway). With Redis reachable (``KAGOFLOW_REDIS_URL``, default the local stack)
 each mail takes the worker's full path: suppression check + ledger reservation, render, build, SMTP,
 ledger confirmation, delivery event (to an in-memory sink). ``--no-redis`` measures render + build + SMTP
-only. Also prints the render + build cost per mail without any I/O.
+only. Also prints the render + build cost per mail without any I/O. Mails in flight are the Deliverer's
+default, as in the worker (``max(8, 4 × pool size)``); ``--per-connection K`` makes them K × pool size.
 
 Wall-clock mails/s depends on what else the machine runs (client and sink share its cores); the client's CPU
 time per mail, and the rate one fully available core would give (1e6 / that), describe the worker itself.
@@ -182,12 +184,21 @@ def render_cost_us(settings: Settings, jobs: list[DeliveryJob], n: int = 2000) -
 
 
 async def run_once(
-    settings: Settings, *, pool_size: int, jobs: list[DeliveryJob], port: int, use_redis: bool, pipelining: bool
+    settings: Settings,
+    *,
+    pool_size: int,
+    jobs: list[DeliveryJob],
+    port: int,
+    use_redis: bool,
+    pipelining: bool,
+    per_connection: int,
 ) -> tuple[float, float, dict[str, int]]:
     prefix = f"bench_{uuid.uuid4().hex[:8]}:"
     store = RedisStore.from_url(settings.redis_url, prefix=prefix)
     pool = SmtpPool(host="127.0.0.1", port=port, size=pool_size, pipelining=pipelining)
-    deliverer = Deliverer(settings, store=store, sink=MemorySink(), pool=pool, concurrency=8 * pool_size)
+    deliverer = Deliverer(
+        settings, store=store, sink=MemorySink(), pool=pool, concurrency=per_connection * pool_size or None
+    )
     await deliverer.start()
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -197,7 +208,7 @@ async def run_once(
             statuses: list[str] = [r.status for r in results]
         else:
             templates = deliverer.templates
-            gate = asyncio.Semaphore(8 * pool_size)
+            gate = asyncio.Semaphore(deliverer.concurrency)
 
             async def send(job: DeliveryJob) -> str:
                 async with gate:
@@ -235,6 +246,12 @@ def main() -> int:
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--no-pipelining", action="store_true", help="one SMTP command at a time")
     parser.add_argument(
+        "--per-connection",
+        type=int,
+        default=0,
+        help="mails in flight per SMTP connection (default: the Deliverer's own, as in the worker)",
+    )
+    parser.add_argument(
         "--sink", choices=("raw", "aiosmtpd"), default="raw", help="SMTP sink: minimal responder or aiosmtpd"
     )
     args = parser.parse_args()
@@ -268,7 +285,9 @@ def main() -> int:
         print(f"render + build only: {render_cost_us(settings, jobs):.0f} µs/mail (no I/O)")
         mode = "full path (Redis ledger + SMTP)" if use_redis else "render + SMTP (no Redis)"
         smtp = "one command at a time" if args.no_pipelining else "pipelined"
+        in_flight = f"{args.per_connection} × pool" if args.per_connection else "Deliverer default max(8, 4 × pool)"
         print(f"{args.mails} mails per run, {mode}, {args.sink} SMTP sink in a separate process, {smtp}")
+        print(f"mails in flight: {in_flight}")
         print(
             f"{'pool':>4}  {'seconds':>8}  {'mails/s':>8}  {'client CPU µs/mail':>18}  {'= mails/s per core':>18}  "
             f"{'sink CPU µs':>11}  results"
@@ -284,6 +303,7 @@ def main() -> int:
                     port=port,
                     use_redis=use_redis,
                     pipelining=not args.no_pipelining,
+                    per_connection=args.per_connection,
                 )
             )
             received = counter.value - before
