@@ -191,7 +191,8 @@ class ReplyReader(asyncio.Protocol):
 
 def message_content(data: bytes) -> bytes:
     """DATA content: CRLF line ends, lines starting with '.' doubled, the terminating '.' line."""
-    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
         data = _LINE_ENDINGS.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"

@@ -11,7 +11,6 @@ import base64
 import email.utils
 import hashlib
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -128,7 +127,8 @@ def build_message(
     unsubscribe = f"<{header_text(unsubscribe_url)}>"
     if unsubscribe_mailto:
         unsubscribe += f", <mailto:{_check_address(unsubscribe_mailto)}?subject=unsubscribe>"
-    boundary = f"=_kagoflow_{secrets.token_hex(12)}"
+    # Never in the parts: their headers are fixed and base64 has neither "-" nor "_" (so no random needed).
+    boundary = f"=_kagoflow_{message_id[1:25]}"
     headers = (
         f"Subject: {encode_header(subject)}\r\n"
         f"From: {_mailbox(sender, from_name)}\r\n"
