@@ -178,6 +178,8 @@ class SmtpPool:
             waiter.slot.set_result((connection, None))
         elif self._idle is not None:
             self._idle.append(connection)
+        elif connection is not None:  # the pool was closed meanwhile
+            self._drop(connection)
 
     async def send(self, *, sender: str, recipient: str, data: bytes, smtputf8: bool = False) -> str:
         """Send one message; returns the server's final reply. Raises the errors of the module doc.

@@ -187,6 +187,7 @@ class ReplyReader(asyncio.Protocol):
             wait = self._waiting.popleft()
             if not wait.future.done():
                 wait.future.set_exception(Lost(reason, wait.replies, written=True))
+                wait.future.exception()  # retrieved: its sender may be gone (cancelled); awaiting still raises
 
 
 def message_content(data: bytes) -> bytes:

@@ -128,6 +128,28 @@ async def test_connection_dropped_after_the_content_is_uncertain_and_not_retried
     await pool.close()
 
 
+async def test_sends_cancelled_while_waiting_for_the_connection_send_nothing_and_free_it(
+    pipelining_smtp: tuple[PipeliningSmtp, Controller],
+) -> None:
+    handler, controller = pipelining_smtp
+    pool = SmtpPool(host="127.0.0.1", port=controller.port, size=1)
+    await _send(pool, "warm@example.com")
+    tasks = [asyncio.create_task(_send(pool, f"c{i}@example.com")) for i in range(5)]
+    await asyncio.sleep(0)  # c0 owns the connection, c1..c4 wait for it
+    tasks[1].cancel()
+    tasks[2].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [type(r).__name__ for r in results[1:3]] == ["CancelledError", "CancelledError"]
+    assert all(isinstance(r, str) for r in results[3:])
+    # c0 is delivered, or — if c1 had just been handed the connection with its envelope out when it was
+    # cancelled, so the connection had to go — uncertain; never sent twice, and c1/c2 never sent at all
+    assert isinstance(results[0], str | SmtpUncertainError)
+    assert {"c1@example.com", "c2@example.com"}.isdisjoint(handler.recipients())
+    await _send(pool, "after@example.com")
+    assert handler.recipients()[-1] == "after@example.com"
+    await pool.close()
+
+
 async def test_final_reply_timing_out_is_uncertain(pipelining_smtp: tuple[PipeliningSmtp, Controller]) -> None:
     handler, controller = pipelining_smtp
     pool = SmtpPool(host="127.0.0.1", port=controller.port, size=1, timeout=0.5)
