@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,7 +20,7 @@ import orjson
 from kagoflow.core import pricewatch
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.caps import CapStore, apply_caps
-from kagoflow.core.catalog import CatalogLookup, PriceTrigger
+from kagoflow.core.catalog import CatalogLookup, PriceTrigger, condition_holds
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
@@ -39,6 +39,8 @@ FLUSH_BUDGET_S = 0.003
 """Time spent writing buckets per handled event while a flush is under way (at least one bucket) ..."""
 IDLE_FLUSH_BUDGET_S = 0.05
 """... and per tick, which arrives when the partition is quiet (once a second)."""
+EMIT_CHUNK = 5000
+"""Decisions of one price/stock fan-out produced at a time."""
 
 
 def wall_clock_ms() -> int:
@@ -73,6 +75,8 @@ class Outbox(Protocol):
     async def send(
         self, topic: str, *, key: bytes | None, value: bytes, partition: int | None = None
     ) -> Awaitable[Any]: ...
+
+    async def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> list[Any]: ...
 
 
 class Ackable(Protocol):
@@ -206,7 +210,7 @@ class MemberProcessor:
             elif kind == "kagoflow-ticks":
                 budget = IDLE_FLUSH_BUDGET_S
             elif kind == "kagoflow-catalog-events":
-                decisions = self._on_trigger(partition, value)
+                await self._on_trigger(book, value, now)
             else:
                 decisions = self._on_member_record(kind, value, timestamp_ms, partition, offset)
         except ContractError as exc:
@@ -246,18 +250,37 @@ class MemberProcessor:
         self._after_change(partition, state, state.touched)
         return decisions
 
-    def _on_trigger(self, partition: int, value: bytes) -> list[Decision]:
+    async def _on_trigger(self, book: PartitionBook[MemberState, Ackable], value: bytes, now: int) -> None:
+        """A price/stock trigger for this partition's watchers of one product.
+
+        Immediate rules are decided here and emitted in chunks (a trigger may concern 200k members: the
+        chunks bound the memory a fan-out holds at once); timed ones become pending mails in the members'
+        states and fire from the due heap.
+        """
         trigger = PriceTrigger.from_json(orjson.loads(value))
         rule = self.ruleset.by_id.get(trigger.rule_id)
         if rule is None:
-            return []
+            return
+        partition = book.partition
         index = self.indexes.setdefault(partition, WatchIndex())
-        member_ids = list(index.members(trigger.product_id, rule.watch))  # type: ignore[attr-defined]
-        for member_id in member_ids:
-            state = self.cache.get(member_id)
-            if pricewatch.on_trigger(state, trigger, rule):  # type: ignore[arg-type]
+        if trigger.send_at_ms > trigger.change_ms:
+            for state in pricewatch.fanout(trigger, rule, index, self.cache.get):  # type: ignore[arg-type]
                 self._after_change(partition, state, ())
-        return []
+            return
+        holds = condition_holds(rule, self.catalog.get(trigger.product_id),  # type: ignore[arg-type]
+                                trigger.reference)
+        chunk: list[Decision] = []
+        for state, decision in pricewatch.decide_now(
+            trigger, rule, index, self.cache.get, holds=holds, now_ms=now  # type: ignore[arg-type]
+        ):
+            book.dirty.add(state.member_id)  # the fired mark of the day must be stored
+            self.cache.pin(state.member_id)
+            chunk.append(decision)
+            if len(chunk) >= EMIT_CHUNK:
+                await self._emit(book, chunk)
+                chunk = []
+        if chunk:
+            await self._emit(book, chunk)
 
     def _after_change(self, partition: int, state: MemberState, touched: Iterable[str]) -> None:
         state.partition = partition
@@ -300,16 +323,17 @@ class MemberProcessor:
                 log.warning("cap store unavailable (%s); %d decisions wait %.1fs", exc, len(decisions), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        counts = self.metrics.decisions
+        records: list[tuple[bytes | None, bytes]] = []
+        dumps = orjson.dumps
         for decision in final:
-            self.metrics.decisions[decision.status] = self.metrics.decisions.get(decision.status, 0) + 1
+            counts[decision.status] = counts.get(decision.status, 0) + 1
             payload = decision.to_json()
             if decision.status == "sent":
                 state = self.cache.peek(decision.member_id)
                 payload["profile"] = self.profile_of(state) if state is not None else None
-            sent = await self.outbox.send(
-                self.names.mail_decisions, key=decision.member_id.encode(), value=orjson.dumps(payload)
-            )
-            book.in_flight.append(sent)
+            records.append((decision.member_id.encode(), dumps(payload)))
+        book.in_flight += await self.outbox.send_many(self.names.mail_decisions, records)
 
     async def _dead_letter(
         self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int, value: bytes,

@@ -14,7 +14,10 @@ trigger meets one member:
    unsubscribe, else ``sent``. Caps never apply (``cap_exempt=True``).
 
 ``fanout`` is the worker's loop over one trigger: ``WatchIndex.members`` → ``on_trigger``; it yields the
-member states it changed so the caller can persist them and register their ``next_due``. ``reindex`` keeps a
+member states it changed so the caller can persist them and register their ``next_due``. A rule sent
+``immediately`` has its send time at the change itself: ``decide_now`` skips the pending entry and decides
+at once (same decision as ``on_trigger`` then ``fire_due`` at the send time), which is what lets one
+catalog change reach 200k watchers in seconds — no pending entry, no due-heap round trip per member. ``reindex`` keeps a
 ``WatchIndex`` in step with member states (after each record, and to rebuild it on start-up). Each member
 partition keeps the index of its own members, so every trigger must reach every member partition.
 
@@ -128,12 +131,7 @@ def fire_due(
                 rule, catalog.get(product_id), reference
             ):
                 kept.append(product_id)
-        status: DecisionStatus
-        if not kept:
-            status, reason = "skipped", "no_products"
-        else:
-            refusal = consent_reason(state)
-            status, reason = ("sent", "") if refusal is None else ("suppressed", refusal)
+        status, reason = _outcome(state, bool(kept))
         decisions.append(
             Decision(
                 member_id=state.member_id, rule_id=rule.id, kind=rule.kind, status=status, reason=reason,
@@ -161,6 +159,53 @@ def fanout(
         state = states(member_id)
         if state is not None and _schedule(state, trigger, rule, mark, slot):
             yield state
+
+
+def _outcome(state: MemberState, has_products: bool) -> tuple[DecisionStatus, str]:
+    """Status and reason of a price/stock decision: nothing left to mail, no consent, or sent."""
+    if not has_products:
+        return "skipped", "no_products"
+    refusal = consent_reason(state)
+    return ("sent", "") if refusal is None else ("suppressed", refusal)
+
+
+def decide_now(
+    trigger: PriceTrigger,
+    rule: PriceRule,
+    index: WatchIndex,
+    states: Callable[[str], MemberState | None],
+    *,
+    holds: bool,
+    now_ms: int,
+) -> Iterator[tuple[MemberState, Decision]]:
+    """Decide an immediate trigger for every watcher: (changed state, decision) pairs.
+
+    ``holds``: ``catalog.condition_holds`` for the trigger's product, checked once by the caller against
+    the catalog as it is now (the re-check ``fire_due`` would make at the send time). Each watcher gets the
+    fired mark of the day, as with ``on_trigger``, so a second change of the product that day mails nobody.
+    """
+    if not rule.enabled or rule.id != trigger.rule_id:
+        return
+    mark = _keys(trigger)[0]
+    product_id, day, watch_states = trigger.product_id, trigger.day, rule.watch
+    products = (product_id,) if holds else ()
+    episode = str(trigger.send_at_ms)
+    for member_id in index.members(product_id, watch_states):
+        state = states(member_id)
+        if state is None or state.product_state(product_id) not in watch_states:
+            continue
+        watch = state.price_watch
+        if watch.get(mark) == day:
+            continue
+        if len(watch) >= FIRED_PRUNE_AT:
+            _prune_fired(watch, day)
+        watch[mark] = day
+        status, reason = _outcome(state, holds)
+        yield state, Decision(
+            member_id=member_id, rule_id=rule.id, kind=rule.kind, status=status, reason=reason, products=products,
+            due_ms=trigger.send_at_ms, at_ms=now_ms, episode=episode, template=rule.template,
+            sender_name=rule.sender_name, cap_exempt=True,
+        )
 
 
 def reindex(index: WatchIndex, state: MemberState, product_ids: Iterable[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 UTC = ZoneInfo("UTC")
@@ -52,8 +53,11 @@ def cap_periods(ms: int, tz: ZoneInfo) -> tuple[str, str, str]:
     return d.isoformat(), f"{iso.year}-W{iso.week:02d}", f"{d.year}-{d.month:02d}"
 
 
+@lru_cache(maxsize=1024)
 def iso(ms: int, tz: ZoneInfo = UTC) -> str:
-    """ISO-8601 with offset, second precision unless the ms part is non-zero."""
+    """ISO-8601 with offset, second precision unless the ms part is non-zero.
+
+    Cached: the decisions of one catalog change (up to hundreds of thousands) share their two times."""
     dt = to_local(ms, tz)
     spec = "milliseconds" if ms % 1000 else "seconds"
     return dt.isoformat(timespec=spec)

@@ -8,12 +8,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from kagoflow.core.behaviour import MemberState, apply_beacon, apply_member, mark_unsubscribed
-from kagoflow.core.catalog import PriceTrigger, ProductInfo, apply_catalog
+from kagoflow.core.catalog import PriceTrigger, ProductInfo, apply_catalog, condition_holds
 from kagoflow.core.decisions import Decision
 from kagoflow.core.events import Beacon, CatalogUpdate, MemberUpdate
 from kagoflow.core.pricerules import PriceRule, parse_price_rule
 from kagoflow.core.pricewatch import (
     FIRED_PRUNE_AT,
+    decide_now,
     fanout,
     fire_due,
     fired_marks,
@@ -272,3 +273,45 @@ def test_reindex_follows_touched_products() -> None:
     apply_beacon(state, Beacon("p1", "m1", "purchase", 5, product_ids=("A",)))
     reindex(index, state, state.touched)
     assert index.state_of("m1", "A") is None and len(index) == 0
+
+
+def test_an_immediate_rule_decides_at_the_change_exactly_as_pending_then_fire_would() -> None:
+    rule = make_rule(send={"immediately": True}, watch=("cart", "favorite", "view"))
+    fused, slow = dropped_shop("A", rule=rule), dropped_shop("A", rule=rule)
+    members = {"m1": act(member("m1"), "cart_add", "A"), "m2": act(member("m2", opt_in=False), "view", "A"),
+               "m3": act(member("m3"), "view", "B")}
+    twins = {m: act(member(m, opt_in=(m != "m2")), "cart_add" if m == "m1" else "view", "A" if m != "m3" else "B")
+             for m in members}
+    index = WatchIndex()
+    for state in members.values():
+        reindex(index, state)
+    [trigger] = fused.record("A", jst(2, 15), 9000)
+    assert trigger.send_at_ms == trigger.change_ms
+    holds = condition_holds(rule, fused.catalog["A"], trigger.reference)
+    now = trigger.change_ms + 40
+    decided = {state.member_id: decision
+               for state, decision in decide_now(trigger, rule, index, members.get, holds=holds, now_ms=now)}
+    [slow_trigger] = slow.record("A", jst(2, 15), 9000)
+    expected = {}
+    for member_id, twin in twins.items():
+        if slow.offer(twin, [slow_trigger]) == [True]:
+            [expected[member_id]] = slow.fire(twin, now)
+    assert decided == expected and set(decided) == {"m1", "m2"}
+    assert (decided["m1"].status, decided["m2"].status, decided["m2"].reason) == ("sent", "suppressed", "no_consent")
+    # once a day: a second drop of A the same day mails nobody; the marks are the same as the slow path's
+    [again] = fused.record("A", jst(2, 18), 8000) or [trigger]
+    assert list(decide_now(again, rule, index, members.get, holds=True, now_ms=now)) == []
+    assert fired_marks(members["m1"]) == fired_marks(twins["m1"]) and pending_sends(members["m1"]) == []
+
+
+def test_an_immediate_trigger_whose_product_recovered_gives_skipped_no_products() -> None:
+    rule = make_rule(send={"immediately": True})
+    shop = dropped_shop("A", rule=rule)
+    state = act(member(), "favorite_add", "A")
+    index = WatchIndex()
+    reindex(index, state)
+    [trigger] = shop.record("A", jst(2, 15), 9000)
+    shop.record("A", jst(2, 15, 1), 10000)  # back up before the member partition saw the trigger
+    holds = condition_holds(rule, shop.catalog["A"], trigger.reference)
+    [(_, decision)] = decide_now(trigger, rule, index, {"m1": state}.get, holds=holds, now_ms=jst(2, 15, 2))
+    assert (decision.status, decision.reason, decision.products) == ("skipped", "no_products", ())
