@@ -29,7 +29,7 @@ class KafkaOutbox:
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, client_id=self._client_id, acks="all", enable_idempotence=True,
-            linger_ms=5, max_batch_size=256 * 1024,
+            linger_ms=5, max_batch_size=900 * 1024,
         )
         await self._producer.start()
         self._started.set()
@@ -57,18 +57,27 @@ class KafkaOutbox:
         for key, value in records:
             partition = self._partitioner(key, partitions, partitions)
             by_partition.setdefault(partition, []).append((key, value))
+        queued = await asyncio.gather(*(
+            self._send_partition(producer, topic, partition, items) for partition, items in by_partition.items()
+        ))
+        return [future for futures in queued for future in futures]
+
+    @staticmethod
+    async def _send_partition(producer: AIOKafkaProducer, topic: str, partition: int,
+                              items: list[tuple[bytes | None, bytes]]) -> list[Any]:
+        """Batches of one partition, in order (aiokafka queues one batch per partition at a time, so the
+        partitions run side by side)."""
         futures: list[Any] = []
-        for partition, items in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another
-                    batch.close()
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise ValueError(f"record of {len(value)} bytes does not fit a batch of {topic}")
-            batch.close()
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        batch = producer.create_batch()
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another
+                batch.close()
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"record of {len(value)} bytes does not fit a batch of {topic}")
+        batch.close()
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
         return futures
 
     async def stop(self) -> None:
