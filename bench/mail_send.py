@@ -1,7 +1,7 @@
 """Benchmark: render + send N mails through the Deliverer with SMTP pool sizes 1, 4 and 8.
 
     .venv/bin/python bench/mail_send.py [--mails 20000] [--pools 1,4,8] [--no-redis] [--no-pipelining]
-        [--per-connection K] [--sink raw|aiosmtpd]
+        [--per-connection K] [--batch 256] [--sink raw|aiosmtpd]
 
 The SMTP sink runs in a separate process and counts and discards mails: by default a minimal SMTP
 responder (aiosmtpd costs about as much CPU per mail as the client, which on 2 cores would measure the
@@ -10,7 +10,8 @@ client sends one command at a time anyway). With Redis reachable (``KAGOFLOW_RED
 each mail takes the worker's full path: suppression check + ledger reservation, render, build, SMTP,
 ledger confirmation, delivery event (to an in-memory sink). ``--no-redis`` measures render + build + SMTP
 only. Also prints the render + build cost per mail without any I/O. Mails in flight are the Deliverer's
-default, as in the worker (``max(8, 4 × pool size)``); ``--per-connection K`` makes them K × pool size.
+default, as in the worker (``max(8, 4 × pool size)``); ``--per-connection K`` makes them K × pool size. Like
+the delivery agent, the mails are handed to ``deliver_many`` in batches of 256 (``--batch``).
 
 Wall-clock mails/s depends on what else the machine runs (client and sink share its cores); the client's CPU
 time per mail, and the rate one fully available core would give (1e6 / that), describe the worker itself.
@@ -192,6 +193,7 @@ async def run_once(
     use_redis: bool,
     pipelining: bool,
     per_connection: int,
+    batch: int,
 ) -> tuple[float, float, dict[str, int]]:
     prefix = f"bench_{uuid.uuid4().hex[:8]}:"
     store = RedisStore.from_url(settings.redis_url, prefix=prefix)
@@ -204,8 +206,11 @@ async def run_once(
     cpu_started = time.process_time()
     try:
         if use_redis:
-            results = await deliverer.deliver_many(jobs)
-            statuses: list[str] = [r.status for r in results]
+            # Like the delivery agent: one deliver_many per batch of (up to) 256 decisions.
+            statuses: list[str] = []
+            for start in range(0, len(jobs), batch or len(jobs)):
+                results = await deliverer.deliver_many(jobs[start : start + (batch or len(jobs))])
+                statuses += [r.status for r in results]
         else:
             templates = deliverer.templates
             gate = asyncio.Semaphore(deliverer.concurrency)
@@ -245,6 +250,9 @@ def main() -> int:
     parser.add_argument("--pools", default="1,4,8")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--no-pipelining", action="store_true", help="one SMTP command at a time")
+    parser.add_argument(
+        "--batch", type=int, default=256, help="mails per deliver_many call, as the delivery agent (0: all at once)"
+    )
     parser.add_argument(
         "--per-connection",
         type=int,
@@ -287,7 +295,7 @@ def main() -> int:
         smtp = "one command at a time" if args.no_pipelining else "pipelined"
         in_flight = f"{args.per_connection} × pool" if args.per_connection else "Deliverer default max(8, 4 × pool)"
         print(f"{args.mails} mails per run, {mode}, {args.sink} SMTP sink in a separate process, {smtp}")
-        print(f"mails in flight: {in_flight}")
+        print(f"mails in flight: {in_flight}; deliver_many batches of {args.batch or args.mails}")
         print(
             f"{'pool':>4}  {'seconds':>8}  {'mails/s':>8}  {'client CPU µs/mail':>18}  {'= mails/s per core':>18}  "
             f"{'sink CPU µs':>11}  results"
@@ -304,6 +312,7 @@ def main() -> int:
                     use_redis=use_redis,
                     pipelining=not args.no_pipelining,
                     per_connection=args.per_connection,
+                    batch=args.batch,
                 )
             )
             received = counter.value - before
