@@ -76,7 +76,8 @@ class Outbox(Protocol):
         self, topic: str, *, key: bytes | None, value: bytes, partition: int | None = None
     ) -> Awaitable[Any]: ...
 
-    async def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> list[Any]: ...
+    async def send_many(self, topic: str, records: Sequence[tuple[bytes | None, bytes]], *,
+                        partition: int | None = None) -> list[Any]: ...
 
 
 class Ackable(Protocol):
@@ -333,7 +334,8 @@ class MemberProcessor:
                 state = self.cache.peek(decision.member_id)
                 payload["profile"] = self.profile_of(state) if state is not None else None
             records.append((decision.member_id.encode(), dumps(payload)))
-        book.in_flight += await self.outbox.send_many(self.names.mail_decisions, records)
+        # mail_decisions is co-partitioned with the member topics: a member's decisions go to its partition
+        book.in_flight += await self.outbox.send_many(self.names.mail_decisions, records, partition=book.partition)
 
     async def _dead_letter(
         self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int, value: bytes,

@@ -40,6 +40,7 @@ def test_send_many_delivers_everything_in_order_on_the_partitions_send_would_cho
         await outbox.start()
         try:
             futures = await outbox.send_many(many, records)
+            futures += await outbox.send_many(pinned, records[:50], partition=6)  # 6 % 4 partitions
             await asyncio.gather(*futures)
             singles = [await outbox.send(one, key=key, value=value) for key, value in records[:700]]
             await asyncio.gather(*singles)
@@ -48,7 +49,9 @@ def test_send_many_delivers_everything_in_order_on_the_partitions_send_would_cho
         return (await _read_all(stack.kafka_bootstrap, many, len(records)),
                 await _read_all(stack.kafka_bootstrap, one, 700))
 
+    pinned = kafka_topic("outbox-pinned", partitions=4)
     got, singles = asyncio.run(scenario())
+    assert {partition for partition, _, _ in asyncio.run(_read_all(stack.kafka_bootstrap, pinned, 50))} == {2}
     assert sorted(value for _, _, value in got) == sorted(value for _, value in records)  # all, once each
     partition_of = {key: partition for partition, key, _ in singles}
     assert all(partition_of[key] == partition for partition, key, _ in got)  # same partitions as send()
