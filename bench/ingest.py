@@ -381,8 +381,8 @@ def _start_worker(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes
     return _spawn(cmd, log=log, env=settings_env(settings)), time.time()
 
 
-def run_kagoflow_variant(topic: str, n: int, settings: Settings, *,
-                         timeout_s: float = 1800.0) -> VariantResult:
+def run_kagoflow_variant(topic: str, n: int, settings: Settings, *, timeout_s: float = 1800.0,
+                         archive_process: bool = False) -> VariantResult:
     """Variant c: the real worker process reads ``topic`` (= its prefixed ``beacons``) from the beginning.
 
     ``settings`` must carry a fresh ``app_id``, ``data_dir`` and ``web_port`` and the ``topic_prefix`` that
@@ -394,13 +394,21 @@ def run_kagoflow_variant(topic: str, n: int, settings: Settings, *,
 
     async def measure() -> VariantResult:
         baseline = await end_offsets(settings.kafka_bootstrap, _member_topics(settings), earliest=True)
-        proc, started = _start_worker(settings, log)
+        archiver = None
+        worker_settings = settings
+        if archive_process:  # the archive consumer beside the worker, as ``python -m kagoflow.archive``
+            archiver = _spawn([sys.executable, "-m", "kagoflow.archive"], log=settings.data_dir / "archive.log",
+                              env=settings_env(settings))
+            worker_settings = replace(settings, archive_enabled=False)
+        proc, started = _start_worker(worker_settings, log)
         try:
-            first, last, _ = await _wait_caught_up(proc, settings, baseline=baseline, started=started,
+            first, last, _ = await _wait_caught_up(proc, worker_settings, baseline=baseline, started=started,
                                                    timeout_s=timeout_s, log=log)
             return VariantResult(VARIANTS["c"], n, first, last, _rss_mb(proc.pid)[1])
         finally:
             _stop(proc, grace_s=60)
+            if archiver is not None:
+                _stop(archiver, grace_s=30)
 
     return asyncio.run(measure())
 
@@ -518,6 +526,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", default="a,b,d,c", help="subset of a,b,d,c, run in the order given")
     parser.add_argument("--bootstrap", default=Settings.from_env().kafka_bootstrap)
     parser.add_argument("--no-archive", action="store_true", help="(c): worker without its archiver")
+    parser.add_argument("--archive-process", action="store_true",
+                        help="(c): the archiver as its own process beside the worker (python -m kagoflow.archive)")
     parser.add_argument("--timeout", type=float, default=0.0, help="per variant, s (default scales with N)")
     parser.add_argument("--keep", action="store_true", help="keep topics, data dirs and logs (prints where)")
     parser.add_argument("--rss-members", type=int, default=0,
@@ -566,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                 if key == "c":
                     kf_settings = kagoflow_settings(tag=tag, prefix=prefix, workdir=workdir,
                                                     bootstrap=args.bootstrap, archive=not args.no_archive)
-                    results[key] = run_kagoflow_variant(topic, n, kf_settings, timeout_s=timeout_s)
+                    results[key] = run_kagoflow_variant(topic, n, kf_settings, timeout_s=timeout_s,
+                                                        archive_process=args.archive_process)
                 else:
                     results[key] = run_child_variant(key, topic=topic, n=n, bootstrap=args.bootstrap, tag=tag,
                                                      workdir=workdir, timeout_s=timeout_s)
