@@ -92,7 +92,8 @@ class Settings:
     state_buckets: int = 256
     """Member state is stored as this many buckets per partition (one table value each), so a flush writes
     at most this many changelog records per partition. Part of the stored layout: a worker refuses state
-    written with another count. Keep a bucket well under 1 MB: ~members per partition / buckets x ~0.5 KB."""
+    written with another count. Size it for ~200 members per bucket (members per partition / 200): fewer,
+    bigger buckets rewrite more bytes per flush, more, smaller ones cost more records (~300 µs each)."""
     state_cache_mb: int = 128
     """Encoded member state kept in memory (decoded buckets), beyond the decoded states being worked on."""
     rocksdb_block_cache_mb: int = 64
