@@ -94,7 +94,7 @@ class Settings:
     at most this many changelog records per partition. Part of the stored layout: a worker refuses state
     written with another count. Size it for ~200 members per bucket (members per partition / 200): fewer,
     bigger buckets rewrite more bytes per flush, more, smaller ones cost more records (~300 µs each)."""
-    state_cache_mb: int = 128
+    state_cache_mb: int = 256
     """Encoded member state kept in memory (decoded buckets), beyond the decoded states being worked on."""
     rocksdb_block_cache_mb: int = 64
     rocksdb_write_buffer_mb: int = 16
