@@ -20,7 +20,7 @@ import orjson
 from kagoflow.core import pricewatch
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.caps import CapStore, apply_caps
-from kagoflow.core.catalog import CatalogLookup, PriceTrigger, condition_holds
+from kagoflow.core.catalog import CatalogLookup, PriceTrigger
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
@@ -268,11 +268,9 @@ class MemberProcessor:
             for state in pricewatch.fanout(trigger, rule, index, self.cache.get):  # type: ignore[arg-type]
                 self._after_change(partition, state, ())
             return
-        holds = condition_holds(rule, self.catalog.get(trigger.product_id),  # type: ignore[arg-type]
-                                trigger.reference)
         chunk: list[Decision] = []
         for state, decision in pricewatch.decide_now(
-            trigger, rule, index, self.cache.get, holds=holds, now_ms=now  # type: ignore[arg-type]
+            trigger, rule, index, self.cache.get, catalog=self.catalog, now_ms=now  # type: ignore[arg-type]
         ):
             book.dirty.add(state.member_id)  # the fired mark of the day must be stored
             self.cache.pin(state.member_id)

@@ -175,17 +175,18 @@ def decide_now(
     index: WatchIndex,
     states: Callable[[str], MemberState | None],
     *,
-    holds: bool,
+    catalog: CatalogLookup,
     now_ms: int,
 ) -> Iterator[tuple[MemberState, Decision]]:
     """Decide an immediate trigger for every watcher: (changed state, decision) pairs.
 
-    ``holds``: ``catalog.condition_holds`` for the trigger's product, checked once by the caller against
-    the catalog as it is now (the re-check ``fire_due`` would make at the send time). Each watcher gets the
-    fired mark of the day, as with ``on_trigger``, so a second change of the product that day mails nobody.
+    The condition is re-checked once, against the catalog as it is now (the re-check ``fire_due`` would
+    make at the send time). Each watcher gets the fired mark of the day, as with ``on_trigger``, so a second
+    change of the product that day mails nobody.
     """
     if not rule.enabled or rule.id != trigger.rule_id:
         return
+    holds = condition_holds(rule, catalog.get(trigger.product_id), trigger.reference)
     mark = _keys(trigger)[0]
     product_id, day, watch_states = trigger.product_id, trigger.day, rule.watch
     products = (product_id,) if holds else ()

@@ -8,7 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from kagoflow.core.behaviour import MemberState, apply_beacon, apply_member, mark_unsubscribed
-from kagoflow.core.catalog import PriceTrigger, ProductInfo, apply_catalog, condition_holds
+from kagoflow.core.catalog import PriceTrigger, ProductInfo, apply_catalog
 from kagoflow.core.decisions import Decision
 from kagoflow.core.events import Beacon, CatalogUpdate, MemberUpdate
 from kagoflow.core.pricerules import PriceRule, parse_price_rule
@@ -287,10 +287,9 @@ def test_an_immediate_rule_decides_at_the_change_exactly_as_pending_then_fire_wo
         reindex(index, state)
     [trigger] = fused.record("A", jst(2, 15), 9000)
     assert trigger.send_at_ms == trigger.change_ms
-    holds = condition_holds(rule, fused.catalog["A"], trigger.reference)
     now = trigger.change_ms + 40
-    decided = {state.member_id: decision
-               for state, decision in decide_now(trigger, rule, index, members.get, holds=holds, now_ms=now)}
+    decided = {state.member_id: decision for state, decision in decide_now(
+        trigger, rule, index, members.get, catalog=fused.catalog, now_ms=now)}
     [slow_trigger] = slow.record("A", jst(2, 15), 9000)
     expected = {}
     for member_id, twin in twins.items():
@@ -300,7 +299,7 @@ def test_an_immediate_rule_decides_at_the_change_exactly_as_pending_then_fire_wo
     assert (decided["m1"].status, decided["m2"].status, decided["m2"].reason) == ("sent", "suppressed", "no_consent")
     # once a day: a second drop of A the same day mails nobody; the marks are the same as the slow path's
     [again] = fused.record("A", jst(2, 18), 8000) or [trigger]
-    assert list(decide_now(again, rule, index, members.get, holds=True, now_ms=now)) == []
+    assert list(decide_now(again, rule, index, members.get, catalog=fused.catalog, now_ms=now)) == []
     assert fired_marks(members["m1"]) == fired_marks(twins["m1"]) and pending_sends(members["m1"]) == []
 
 
@@ -312,6 +311,6 @@ def test_an_immediate_trigger_whose_product_recovered_gives_skipped_no_products(
     reindex(index, state)
     [trigger] = shop.record("A", jst(2, 15), 9000)
     shop.record("A", jst(2, 15, 1), 10000)  # back up before the member partition saw the trigger
-    holds = condition_holds(rule, shop.catalog["A"], trigger.reference)
-    [(_, decision)] = decide_now(trigger, rule, index, {"m1": state}.get, holds=holds, now_ms=jst(2, 15, 2))
+    [(_, decision)] = decide_now(trigger, rule, index, {"m1": state}.get, catalog=shop.catalog,
+                                 now_ms=jst(2, 15, 2))
     assert (decision.status, decision.reason, decision.products) == ("skipped", "no_products", ())
