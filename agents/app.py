@@ -19,6 +19,7 @@ from faust.types import TP
 
 from kagoflow.adapters.catalog_follower import CatalogFollower
 from kagoflow.adapters.engagement import KafkaEngagementSink
+from kagoflow.adapters.kafka_admin import TopicSpec
 from kagoflow.adapters.kafka_outbox import KafkaOutbox
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.agents.catalog import make_catalog_agent
@@ -169,6 +170,18 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     return kf
 
 
+def worker_topics(app: faust.App, settings: Settings) -> list[TopicSpec]:
+    """Every topic the worker uses: kagoflow's own and Faust's internal ones (changelogs, leader election),
+    created before Faust starts (see ``kagoflow.adapters.kafka_admin``)."""
+    specs = [TopicSpec(name, settings.partitions) for name in Topics(settings.topic_prefix).all()]
+    specs.append(TopicSpec(f"{app.conf.id}-__assignor-__leader", 1))
+    for table in app.tables.values():
+        changelog = table.changelog_topic
+        specs.append(TopicSpec(changelog.get_topic_name(), changelog.partitions or settings.partitions,
+                               {"cleanup.policy": "compact"}))
+    return specs
+
+
 def run_worker(settings: Settings) -> int:
     """Run the worker until interrupted (``kagoflow worker``)."""
     import uvloop
@@ -176,18 +189,18 @@ def run_worker(settings: Settings) -> int:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    if settings.create_topics:
-        from kagoflow.adapters.kafka_admin import ensure_topics
-
-        loop.run_until_complete(ensure_topics(
-            bootstrap=settings.kafka_bootstrap, names=Topics(settings.topic_prefix).all(),
-            partitions=settings.partitions, replication=settings.replication_factor,
-        ))
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     # Member state is many small long-lived objects: full collections cost ~5 µs per event at the default
     # thresholds (measured with /metrics-like traffic); collect young objects much less often.
     gc.set_threshold(50_000, 20, 20)
     kf = create_app(settings)
+    if settings.create_topics:
+        from kagoflow.adapters.kafka_admin import ensure_topics
+
+        loop.run_until_complete(ensure_topics(
+            bootstrap=settings.kafka_bootstrap, topics=worker_topics(kf.app, settings),
+            replication=settings.replication_factor,
+        ))
     worker = faust.Worker(kf.app, loglevel=settings.log_level.upper(), quiet=True, loop=loop)
     worker.execute_from_commandline()
     return 0

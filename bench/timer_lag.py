@@ -24,7 +24,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from kagoflow.adapters.kafka_admin import ensure_topics
+from kagoflow.adapters.kafka_admin import TopicSpec, ensure_topics
 from kagoflow.settings import PROJECT_ROOT, Settings
 from kagoflow.streams.topics import Topics
 
@@ -94,8 +94,8 @@ async def main_async(args: argparse.Namespace) -> None:
     topics = Topics(f"lag{tag}-")
     tmp = Path(tempfile.mkdtemp(prefix="kagoflow-lag-"))
     write_rules(tmp / "rules", args.delay)
-    await ensure_topics(bootstrap=base.kafka_bootstrap, names=topics.all(), partitions=base.partitions,
-                        replication=1)
+    await ensure_topics(bootstrap=base.kafka_bootstrap, topics=[TopicSpec(name, base.partitions)
+                                                                for name in topics.all()], replication=1)
     env = dict(os.environ, KAGOFLOW_APP_ID=f"lag-{tag}", KAGOFLOW_TOPIC_PREFIX=topics.prefix,
                KAGOFLOW_DATA_DIR=str(tmp / "data"), KAGOFLOW_RULES_DIR=str(tmp / "rules"),
                KAGOFLOW_MIN_DELAY_SECONDS="1", KAGOFLOW_WEB_PORT=str(args.web_port),
