@@ -26,6 +26,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -289,14 +290,14 @@ def _spawn(cmd: list[str], *, log: Path, env: dict[str, str] | None = None) -> s
 
 
 def run_child_variant(variant: str, *, topic: str, n: int, bootstrap: str, tag: str, workdir: Path,
-                      timeout_s: float) -> VariantResult:
+                      timeout_s: float, round_: int = 1) -> VariantResult:
     """Run variant a, b or d in a fresh process with its own group / app id and data directory."""
-    datadir = workdir / f"variant-{variant}"
+    datadir = workdir / f"variant-{variant}-r{round_}"
     datadir.mkdir()
     result = datadir / "result.json"
-    log = workdir / f"variant-{variant}.log"
+    log = workdir / f"variant-{variant}-r{round_}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--topic", topic, "--events",
-           str(n), "--bootstrap", bootstrap, "--group", f"{tag}-{variant}", "--datadir", str(datadir),
+           str(n), "--bootstrap", bootstrap, "--group", f"{tag}-{variant}-r{round_}", "--datadir", str(datadir),
            "--result", str(result)]
     started = time.time()
     proc = _spawn(cmd, log=log)
@@ -413,10 +414,12 @@ def run_kagoflow_variant(topic: str, n: int, settings: Settings, *, timeout_s: f
     return asyncio.run(measure())
 
 
-def kagoflow_settings(*, tag: str, prefix: str, workdir: Path, bootstrap: str, archive: bool) -> Settings:
-    data_dir = workdir / "kagoflow"
+def kagoflow_settings(*, tag: str, prefix: str, workdir: Path, bootstrap: str, archive: bool,
+                      round_: int = 1) -> Settings:
+    data_dir = workdir / ("kagoflow" if round_ == 1 else f"kagoflow-r{round_}")
     data_dir.mkdir(exist_ok=True)
-    return replace(Settings.from_env(), kafka_bootstrap=bootstrap, app_id=f"{tag}-kagoflow",
+    return replace(Settings.from_env(), kafka_bootstrap=bootstrap,
+                   app_id=f"{tag}-kagoflow" if round_ == 1 else f"{tag}-kagoflow-r{round_}",
                    topic_prefix=prefix, data_dir=data_dir, web_port=_free_port(), partitions=PARTITIONS,
                    archive_enabled=archive, clickhouse_database=_bench_database(tag))
 
@@ -506,6 +509,22 @@ def format_table(results: dict[str, VariantResult], errors: dict[str, str]) -> I
                 yield f"(c)/({other}) = {results['c'].rate / results[other].rate:.2f}"
 
 
+def format_medians(rounds: list[dict[str, VariantResult]]) -> Iterator[str]:
+    """Per-variant median rate over the rounds, and the median of each round's (c) ratios (a ratio from one
+    round compares runs made minutes apart; the machine's speed drifts more between rounds than within)."""
+    yield f"\nmedians over {len(rounds)} rounds"
+    for key in ("a", "b", "d", "c"):
+        rates = [r[key].rate for r in rounds if key in r]
+        if rates:
+            yield f"({key}) {VARIANTS[key]:<42} {statistics.median(rates):10.0f}   rounds: " + \
+                  ", ".join(f"{rate:.0f}" for rate in rates)
+    for other in ("d", "b", "a"):
+        ratios = [r["c"].rate / r[other].rate for r in rounds if "c" in r and other in r]
+        if ratios:
+            yield f"(c)/({other}) median {statistics.median(ratios):.2f}   rounds: " + \
+                  ", ".join(f"{ratio:.2f}" for ratio in ratios)
+
+
 def _cleanup(*, bootstrap: str, tag: str, workdir: Path, settings: Settings | None) -> None:
     deleted = asyncio.run(delete_topics_tagged(bootstrap, tag))
     print(f"cleanup: deleted {len(deleted)} topics tagged {tag}", file=sys.stderr)
@@ -524,6 +543,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--members", type=int, default=100_000, help="member pool (default 100000)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--variants", default="a,b,d,c", help="subset of a,b,d,c, run in the order given")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the variants this many times (fresh groups each round); prints medians")
     parser.add_argument("--bootstrap", default=Settings.from_env().kafka_bootstrap)
     parser.add_argument("--no-archive", action="store_true", help="(c): worker without its archiver")
     parser.add_argument("--archive-process", action="store_true",
@@ -566,29 +587,42 @@ def main(argv: list[str] | None = None) -> int:
                                    start_ms=int(began * 1000) - 600_000, span_s=600)
         n = asyncio.run(produce(args.bootstrap, topic, beacons))
         print(f"pre-loaded {n} beacons into {topic} in {time.time() - began:.1f}s", file=sys.stderr)
-        results: dict[str, VariantResult] = {}
-        errors: dict[str, str] = {}
-        for key in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        keys = [v.strip() for v in args.variants.split(",") if v.strip()]
+        for key in keys:
             if key not in VARIANTS:
                 raise SystemExit(f"unknown variant {key!r} (use a, b, c, d)")
-            print(f"running ({key}) {VARIANTS[key]} ...", file=sys.stderr)
-            try:
-                if key == "c":
-                    kf_settings = kagoflow_settings(tag=tag, prefix=prefix, workdir=workdir,
-                                                    bootstrap=args.bootstrap, archive=not args.no_archive)
-                    results[key] = run_kagoflow_variant(topic, n, kf_settings, timeout_s=timeout_s,
-                                                        archive_process=args.archive_process)
-                else:
-                    results[key] = run_child_variant(key, topic=topic, n=n, bootstrap=args.bootstrap, tag=tag,
-                                                     workdir=workdir, timeout_s=timeout_s)
-            except (RuntimeError, TimeoutError, OSError) as exc:
-                errors[key] = str(exc)
-            print(f"  {results[key].rate:.0f} events/s" if key in results else f"  failed: {errors[key]}",
-                  file=sys.stderr)
-        print(f"\n{n} beacons, {args.members} members, {PARTITIONS} partitions, seed {args.seed}")
-        for line in format_table(results, errors):
-            print(line)
-        return 1 if errors else 0
+        rounds: list[dict[str, VariantResult]] = []
+        failed = False
+        for round_ in range(1, args.rounds + 1):
+            results: dict[str, VariantResult] = {}
+            errors: dict[str, str] = {}
+            for key in keys:
+                print(f"round {round_}: running ({key}) {VARIANTS[key]} ...", file=sys.stderr)
+                try:
+                    if key == "c":
+                        kf_settings = kagoflow_settings(tag=tag, prefix=prefix, workdir=workdir,
+                                                        bootstrap=args.bootstrap, archive=not args.no_archive,
+                                                        round_=round_)
+                        results[key] = run_kagoflow_variant(topic, n, kf_settings, timeout_s=timeout_s,
+                                                            archive_process=args.archive_process)
+                    else:
+                        results[key] = run_child_variant(key, topic=topic, n=n, bootstrap=args.bootstrap,
+                                                         tag=tag, workdir=workdir, timeout_s=timeout_s,
+                                                         round_=round_)
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    errors[key] = str(exc)
+                print(f"  {results[key].rate:.0f} events/s" if key in results else f"  failed: {errors[key]}",
+                      file=sys.stderr)
+            round_label = f", round {round_} of {args.rounds}" if args.rounds > 1 else ""
+            print(f"\n{n} beacons, {args.members} members, {PARTITIONS} partitions, seed {args.seed}{round_label}")
+            for line in format_table(results, errors):
+                print(line)
+            rounds.append(results)
+            failed = failed or bool(errors)
+        if args.rounds > 1:
+            for line in format_medians(rounds):
+                print(line)
+        return 1 if failed else 0
     finally:
         if args.keep:
             print(f"kept: topics {tag}*, work dir {workdir}", file=sys.stderr)
