@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Iterator
+import os
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,18 +24,18 @@ from kagoflow.adapters.kafka_outbox import KafkaOutbox
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.agents.catalog import make_catalog_agent
 from kagoflow.agents.delivery import make_delivery_agent
-from kagoflow.agents.member import MemberProcessor, profile_snapshot, wall_clock_ms
+from kagoflow.agents.member import MemberProcessor, make_processor, wall_clock_ms
 from kagoflow.agents.tables import bytes_table
 from kagoflow.agents.web import add_routes
 from kagoflow.core.behaviour import MemberState
-from kagoflow.core.engine import Engine
 from kagoflow.core.rules import RuleSet
 from kagoflow.loading import load_ruleset
 from kagoflow.mail.delivery import Deliverer
-from kagoflow.settings import Settings
+from kagoflow.settings import Settings, to_env
 from kagoflow.streams.topics import Topics
 from kagoflow.web.tracking import add_tracking_routes
-from kagoflow.worker import buckets
+from kagoflow.worker.engine import member_topics as engine_topics
+from kagoflow.worker.engine_link import BATCH_EVENTS, EngineLink
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,29 @@ class Kagoflow:
     app: faust.App
     settings: Settings
     ruleset: RuleSet
-    processor: MemberProcessor
+    processor: MemberProcessor | None
+    """The member processor when it runs in this process (``engine_process`` off) ..."""
+    link: EngineLink | None
+    """... else the link to the member engine process."""
     catalog: CatalogFollower
     member_table: Any
     archiver: Any = None
     """The in-process ``kagoflow.archive.Archiver`` when ``archive_enabled``."""
     deliverer: Any = None
+
+    async def member_state(self, member_id: str) -> MemberState | None:
+        if self.processor is not None:
+            return self.processor.member_state(member_id)
+        assert self.link is not None
+        raw = await self.link.query("s", member_id.encode())
+        return MemberState.from_bytes(raw) if raw else None
+
+    async def member_metrics(self) -> dict[str, Any]:
+        if self.processor is not None:
+            return self.processor.metrics.as_dict()
+        assert self.link is not None
+        metrics: dict[str, Any] = orjson.loads(await self.link.query("m"))
+        return metrics
 
 
 def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflow:
@@ -88,38 +105,25 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     engagement = KafkaEngagementSink(settings, topic=names.engagement)
     deliverer = Deliverer(settings, store=store, sink=engagement)
 
-    def scan(partitions: set[int]) -> Iterator[MemberState]:
-        for partition, _, raw in buckets.scan(member_table.items(), buckets=settings.state_buckets,
-                                              partitions=partitions):
-            state = MemberState.from_bytes(raw)
-            state.partition = partition
-            yield state
-
-    processor = MemberProcessor(
-        names=names,
-        engine=Engine(ruleset),
-        ruleset=ruleset,
-        table=member_table,
-        catalog=catalog,
-        caps=store.caps,
-        outbox=outbox,
-        flush_interval_ms=int(settings.state_flush_seconds * 1000),
-        buckets_per_partition=settings.state_buckets,
-        bucket_cache_bytes=settings.state_cache_mb * 1024 * 1024,
-        profile_of=profile_snapshot,
-        scan=scan,
-    )
+    processor = None if settings.engine_process else make_processor(
+        settings, ruleset, table=member_table, catalog=catalog, caps=store.caps, outbox=outbox)
+    link = EngineLink(topics=engine_topics(names), env={**os.environ, **to_env(settings)}) \
+        if settings.engine_process else None
     member_topics = app.topic(
         names.beacons, names.members, names.orders, names.ticks, names.catalog_events,
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
     )
     ticks = app.topic(names.ticks, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
-    kf = Kagoflow(app=app, settings=settings, ruleset=ruleset, processor=processor, catalog=catalog,
+    kf = Kagoflow(app=app, settings=settings, ruleset=ruleset, processor=processor, link=link, catalog=catalog,
                   member_table=member_table, deliverer=deliverer)
 
     @app.agent(member_topics, name="kagoflow-members")
     async def member_agent(stream: Any) -> None:  # a faust.Stream (StreamT lacks noack)
         await catalog.caught_up.wait()
+        if link is not None:
+            await forward_to_engine(stream, link, member_table)
+            return
+        assert processor is not None
         async for event in stream.noack().events():
             message = event.message
             await processor.on_event(
@@ -135,14 +139,22 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
-        processor.revoke({tp.partition for tp in revoked if tp.topic == names.beacons})
+        partitions = {tp.partition for tp in revoked if tp.topic == names.beacons}
+        if link is not None:
+            await link.revoke(partitions)
+        else:
+            assert processor is not None
+            processor.revoke(partitions)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
-        processor.assign({tp.partition for tp in assigned if tp.topic == names.beacons})
+        partitions = {tp.partition for tp in assigned if tp.topic == names.beacons}
+        (link if link is not None else cast(MemberProcessor, processor)).assign(partitions)
 
     @app.task
     async def start_services() -> None:
+        if link is not None:
+            await link.start()
         await outbox.start()
         await catalog.start()
         await engagement.start()
@@ -162,12 +174,32 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         await engagement.close()
         await catalog.stop()
         await outbox.stop()
+        if link is not None:
+            await link.stop()
 
     make_catalog_agent(app, settings=settings, ruleset=ruleset, outbox=outbox)
     make_delivery_agent(app, settings=settings, catalog=catalog, store=store, deliverer=deliverer)
     add_routes(kf)
     add_tracking_routes(cast(Any, app.web).web_app, settings=settings, sink=engagement, store=store)
     return kf
+
+
+async def forward_to_engine(stream: Any, link: EngineLink, table: Any) -> None:
+    """The member agent with the engine in its own process: records go to the engine as they are; the
+    bucket values it hands back are stored (and the records they cover acked) while a record of their
+    partition is current, as Faust requires for table writes."""
+    await link.started.wait()
+    submit, apply, ready = link.submit, link.apply, link.ready
+    async for event in stream.noack().events():
+        message = event.message
+        partition = message.partition
+        if link.dump_pending:
+            await link.dump(table)
+        if partition in ready:
+            apply(partition, table)
+        submit(event, message.topic, partition, message.offset, int(message.timestamp * 1000), message.value)
+        if link.batched >= BATCH_EVENTS:
+            await link.send_batch()
 
 
 def worker_topics(app: faust.App, settings: Settings) -> list[TopicSpec]:

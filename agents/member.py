@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from kagoflow.core.errors import ContractError
 from kagoflow.core.events import Beacon, MemberUpdate, OrderUpdate
 from kagoflow.core.rules import RuleSet
 from kagoflow.core.watchindex import WatchIndex
+from kagoflow.settings import Settings
 from kagoflow.streams import contract
 from kagoflow.streams.topics import Topics, dlq
 from kagoflow.worker import buckets
@@ -418,3 +419,34 @@ class MemberProcessor:
             self.unindexed.discard(partition)
         self.cache.drop_where(lambda state: state.partition in partitions)
         self.buckets.drop_partitions(partitions)
+
+
+class ScannableTable(StateTable, Protocol):
+    def items(self) -> Iterable[tuple[bytes, bytes | None]]: ...
+
+
+def make_processor(settings: Settings, ruleset: RuleSet, *, table: ScannableTable, catalog: CatalogLookup,
+                   caps: CapStore, outbox: Outbox) -> MemberProcessor:
+    """The member processor as the worker (or its engine process) runs it, reading ``table``'s buckets."""
+
+    def scan(partitions: set[int]) -> Iterator[MemberState]:
+        for partition, _, raw in buckets.scan(iter(table.items()), buckets=settings.state_buckets,
+                                              partitions=partitions):
+            state = MemberState.from_bytes(raw)
+            state.partition = partition
+            yield state
+
+    return MemberProcessor(
+        names=Topics(settings.topic_prefix),
+        engine=Engine(ruleset),
+        ruleset=ruleset,
+        table=table,
+        catalog=catalog,
+        caps=caps,
+        outbox=outbox,
+        flush_interval_ms=int(settings.state_flush_seconds * 1000),
+        buckets_per_partition=settings.state_buckets,
+        bucket_cache_bytes=settings.state_cache_mb * 1024 * 1024,
+        profile_of=profile_snapshot,
+        scan=scan,
+    )

@@ -60,8 +60,8 @@ def member_document(state: MemberState) -> dict[str, Any]:
 def add_routes(kf: Kagoflow) -> None:
     app: faust.App = kf.app
 
-    def state_of(member_id: str) -> MemberState | None:
-        return kf.processor.member_state(member_id)
+    async def state_of(member_id: str) -> MemberState | None:
+        return await kf.member_state(member_id)
 
     archives: list[ClickHouseArchive] = []
 
@@ -75,7 +75,7 @@ def add_routes(kf: Kagoflow) -> None:
     class MemberView(View):
         @app.table_route(table=kf.member_table, match_info="member_id")  # type: ignore[arg-type]
         async def get(self, request: Request, member_id: str) -> Response:
-            state = state_of(member_id)
+            state = await state_of(member_id)
             if state is None:
                 return self.json({"error": "unknown member"}, status=404)
             return self.json(member_document(state))
@@ -98,7 +98,7 @@ def add_routes(kf: Kagoflow) -> None:
             if kind is not None and kind not in BEACON_TYPES:
                 return self.json({"error": f"type: unknown {kind!r}"}, status=400)
             top_only = request.query.get("top_only", "") in {"1", "true", "yes"}
-            state = state_of(member_id)
+            state = await state_of(member_id)
             try:
                 history = await _history(archive(), member_id=member_id, since=since, until=until,
                                          product=product, kind=kind)
@@ -134,7 +134,7 @@ def add_routes(kf: Kagoflow) -> None:
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
             return self.json({
-                "members": kf.processor.metrics.as_dict(),
+                "members": await kf.member_metrics(),
                 "products": len(kf.catalog.products),
                 "delivery": dict(kf.deliverer.metrics) if kf.deliverer is not None else None,
                 "archive": kf.archiver.metrics.snapshot() if kf.archiver is not None else None,

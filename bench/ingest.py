@@ -33,14 +33,14 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 from traffic import generate_beacons  # bench/ is sys.path[0] when run as a script
 
-from kagoflow.settings import PROJECT_ROOT, Settings
+from kagoflow.settings import PROJECT_ROOT, Settings, to_env
 from kagoflow.streams.topics import Topics
 
 PARTITIONS = 4
@@ -319,13 +319,7 @@ def run_child_variant(variant: str, *, topic: str, n: int, bootstrap: str, tag: 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The ``KAGOFLOW_*`` environment that makes ``Settings.from_env()`` return ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGOFLOW_")}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        if isinstance(value, tuple):
-            value = ",".join(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"KAGOFLOW_{f.name.upper()}"] = str(value)
+    env.update(to_env(settings))
     return env
 
 
@@ -339,10 +333,30 @@ def _metrics(port: int) -> dict[str, Any] | None:
 
 
 def _rss_mb(pid: int) -> tuple[float, float]:
-    """(current, peak) resident set size of a process in MiB, from /proc."""
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    values = dict(line.split(":", 1) for line in lines if ":" in line)
-    return int(values["VmRSS"].split()[0]) / 1024, int(values["VmHWM"].split()[0]) / 1024
+    """(current, peak) resident set size in MiB of a process and its children (the worker's member engine
+    process), from /proc; the peak is the sum of each process's own peak."""
+    current = peak = 0.0
+    for one in (pid, *_children(pid)):
+        try:
+            lines = Path(f"/proc/{one}/status").read_text().splitlines()
+        except OSError:
+            continue
+        values = dict(line.split(":", 1) for line in lines if ":" in line)
+        current += int(values["VmRSS"].split()[0]) / 1024
+        peak += int(values["VmHWM"].split()[0]) / 1024
+    return current, peak
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields_ = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields_[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def _member_topics(settings: Settings) -> list[str]:

@@ -94,6 +94,11 @@ class Settings:
     at most this many changelog records per partition. Part of the stored layout: a worker refuses state
     written with another count. Size it for ~200 members per bucket (members per partition / 200): fewer,
     bigger buckets rewrite more bytes per flush, more, smaller ones cost more records (~300 µs each)."""
+    engine_process: bool = True
+    """Run the member engine (parsing, behaviour state, timers, decisions) in a process of its own beside
+    the Faust worker process, which then only moves records, table writes and acks. Faust's per-record
+    path fills one core by itself; with the engine beside it a worker uses two (see README "Architecture").
+    ``false``: everything in the Faust process."""
     state_cache_mb: int = 256
     """Encoded member state kept in memory (decoded buckets), beyond the decoded states being worked on."""
     rocksdb_block_cache_mb: int = 64
@@ -125,6 +130,19 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+def to_env(settings: Settings) -> dict[str, str]:
+    """The ``KAGOFLOW_*`` variables that make ``Settings.from_env`` return ``settings`` (for child processes)."""
+    env: dict[str, str] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"KAGOFLOW_{f.name.upper()}"] = str(value)
+    return env
+
+
 def _convert(kind: type, raw: str) -> object:
     if kind is bool:
         lowered = raw.strip().lower()
@@ -145,4 +163,4 @@ def _convert(kind: type, raw: str) -> object:
 
 
 _DEFAULTS = Settings()
-__all__ = ["PROJECT_ROOT", "Settings"]
+__all__ = ["PROJECT_ROOT", "Settings", "to_env"]

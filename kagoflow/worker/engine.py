@@ -1,0 +1,196 @@
+"""The member engine process: the worker's member processing, beside the Faust process.
+
+Why a process: Faust's per-record path (fetch, decode, conductor, stream iterator, ack) fills one core
+with no work of ours; parsing, the behaviour state, timers and decisions on the same event loop made the
+worker a third slower than Faust alone. Here they run on another core. The Faust process forwards every
+record of the member topics in arrival order (``kagoflow.worker.engine_link``), stores the bucket values
+this process hands back in its RocksDB table, and acks records once their effects are stored.
+
+Everything else is the in-process design unchanged: ``MemberProcessor`` with its own Kafka producer
+(decisions, dead letters), Redis cap store and catalog follower; its table is ``RecordingTable`` — the
+stored buckets of the assigned partitions (sent by the worker on assignment) plus the writes not yet
+handed back. A record's ack comes after the writes of the flush that covers it, in the same frame.
+
+Run by the worker: ``python -m kagoflow.worker.engine --in-fd N --out-fd M`` (pipes it created).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+import orjson
+
+from kagoflow.adapters.catalog_follower import CatalogFollower
+from kagoflow.adapters.kafka_outbox import KafkaOutbox
+from kagoflow.adapters.redis_store import RedisStore
+from kagoflow.agents.member import MemberProcessor, make_processor
+from kagoflow.loading import load_ruleset
+from kagoflow.settings import Settings
+from kagoflow.streams.topics import Topics
+from kagoflow.worker import buckets, frames
+
+log = logging.getLogger("kagoflow.engine")
+
+
+def member_topics(names: Topics) -> list[str]:
+    """The topics the member agent reads, in the order both processes index them."""
+    return [names.beacons, names.members, names.orders, names.ticks, names.catalog_events]
+
+
+class RecordingTable:
+    """The engine's member table: stored buckets of its partitions, and the writes not yet handed back."""
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, bytes] = {}
+        self.writes: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.values.get(key)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.values[key] = value
+        self.writes[key] = value
+
+    def items(self) -> Iterator[tuple[bytes, bytes | None]]:
+        return iter(list(self.values.items()))
+
+    def take_writes(self) -> list[tuple[bytes, bytes]]:
+        writes, self.writes = list(self.writes.items()), {}
+        return writes
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        for table in (self.values, self.writes):
+            for key in [k for k in table if (buckets.parse_key(k) or (-1, 0))[0] in partitions]:
+                del table[key]
+
+
+class _SeqAck:
+    """Stands for one forwarded record: acking it records its sequence number for the worker."""
+
+    __slots__ = ("acks", "partition", "seq")
+
+    def __init__(self, acks: dict[int, int], partition: int, seq: int) -> None:
+        self.acks, self.partition, self.seq = acks, partition, seq
+
+    def ack(self) -> bool:
+        if self.seq > self.acks.get(self.partition, -1):
+            self.acks[self.partition] = self.seq
+        return True
+
+
+class EngineServer:
+    """Reads frames from the worker, runs them through the processor, writes results back."""
+
+    def __init__(self, processor: MemberProcessor, table: RecordingTable, topics: list[str],
+                 writer: asyncio.StreamWriter) -> None:
+        self.processor = processor
+        self.table = table
+        self.topics = topics
+        self.writer = writer
+        self.seq = 0
+        self.epoch = 0
+        self.acks: dict[int, int] = {}
+
+    async def run(self, reader: asyncio.StreamReader) -> None:
+        """Handle frames until the worker closes the stream."""
+        while (item := await frames.read_frame(reader)) is not None:
+            await self.handle(*item)
+
+    async def handle(self, kind: int, payload: memoryview) -> None:
+        if kind == frames.EVENTS:
+            await self._events(payload)
+        elif kind == frames.BUCKETS:
+            self.table.values.update(frames.decode_items(payload)[0])
+        elif kind == frames.ASSIGN:
+            self.epoch += 1
+            self.processor.assign(frames.decode_partitions(payload))
+        elif kind == frames.REVOKE:
+            self.epoch += 1
+            partitions = frames.decode_partitions(payload)
+            self.processor.revoke(partitions)
+            self.table.drop_partitions(partitions)
+            for partition in partitions:
+                self.acks.pop(partition, None)
+        elif kind == frames.QUERY_T:
+            self._query(payload)
+        else:
+            raise ValueError(f"unknown frame type {kind!r}")
+
+    async def _events(self, payload: memoryview) -> None:
+        on_event, topics, acks = self.processor.on_event, self.topics, self.acks
+        for topic, partition, offset, timestamp_ms, value in frames.decode_events(payload):
+            await on_event(topic=topics[topic], partition=partition, key=None, value=value,
+                           timestamp_ms=timestamp_ms, offset=offset, event=_SeqAck(acks, partition, self.seq))
+            self.seq += 1
+        writes = self.table.take_writes()
+        if writes or acks:
+            self.writer.write(frames.frame(frames.RESULTS, frames.encode_results(self.epoch, writes, acks)))
+            acks.clear()
+            await self.writer.drain()
+
+    def _query(self, payload: memoryview) -> None:
+        request_id, what = frames.QUERY.unpack_from(payload, 0)
+        argument = bytes(payload[frames.QUERY.size:])
+        reply = b""
+        if what == ord("s"):
+            state = self.processor.member_state(argument.decode())
+            reply = state.to_bytes() if state is not None else b""
+        elif what == ord("m"):
+            reply = orjson.dumps(self.processor.metrics.as_dict())
+        self.writer.write(frames.frame(frames.REPLY_T, frames.REPLY.pack(request_id) + reply))
+
+
+async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(in_fd, "rb", 0))
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(out_fd, "wb", 0))
+    transport.set_write_buffer_limits(high=4 << 20)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+
+    ruleset = load_ruleset(settings)
+    names = Topics(settings.topic_prefix)
+    table = RecordingTable()
+    catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone, topic=names.catalog)
+    outbox = KafkaOutbox(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.app_id}-engine")
+    store = RedisStore.from_url(settings.redis_url, prefix=f"{settings.app_id}:")
+    processor = make_processor(settings, ruleset, table=table, catalog=catalog, caps=store.caps, outbox=outbox)
+    await outbox.start()
+    await catalog.start()
+    try:
+        await catalog.caught_up.wait()
+        engine = EngineServer(processor, table, member_topics(names), writer)
+        log.info("member engine ready (pid %d)", os.getpid())
+        await engine.run(reader)
+        log.info("member engine: the worker closed the pipe after %d records; exiting", engine.seq)
+    finally:
+        await catalog.stop()
+        await outbox.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kagoflow.worker.engine",
+                                     description="member engine process (started by the worker)")
+    parser.add_argument("--in-fd", type=int, required=True)
+    parser.add_argument("--out-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] engine: %(message)s")
+    import gc
+
+    import uvloop
+
+    gc.set_threshold(50_000, 20, 20)  # as the worker: many small long-lived states
+    uvloop.run(serve(settings, in_fd=args.in_fd, out_fd=args.out_fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

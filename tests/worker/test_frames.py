@@ -1,0 +1,52 @@
+"""The worker ↔ engine frames round-trip exactly, also across arbitrary read boundaries."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kagoflow.worker import frames
+
+
+def _read_all(data: bytes, chunk: int) -> list[tuple[int, bytes]]:
+    async def scenario() -> list[tuple[int, bytes]]:
+        reader = asyncio.StreamReader()
+        for start in range(0, len(data), chunk):
+            reader.feed_data(data[start:start + chunk])
+        reader.feed_eof()
+        out = []
+        while (item := await frames.read_frame(reader)) is not None:
+            out.append((item[0], bytes(item[1])))
+        return out
+
+    return asyncio.run(scenario())
+
+
+def test_events_round_trip_in_order_with_empty_and_binary_values() -> None:
+    events = [(0, 3, 2**40, 1_790_000_000_123, b'{"a":1}'), (4, 0, 0, -5, b""), (2, 65535, 7, 0, bytes(range(256)))]
+    payload = b"".join(frames.EVENT.pack(t, p, o, ts, len(v)) + v for t, p, o, ts, v in events)
+    assert list(frames.decode_events(memoryview(payload))) == events
+
+
+def test_results_carry_epoch_writes_and_acks() -> None:
+    writes = [(b"0/17", b"KFB1" + b"x" * 1000), (b"3/0", b"")]
+    encoded = frames.encode_results(9, writes, {0: 41, 3: 2**50})
+    assert frames.decode_results(memoryview(encoded)) == (9, writes, {0: 41, 3: 2**50})
+    assert frames.decode_results(memoryview(frames.encode_results(1, [], {}))) == (1, [], {})
+
+
+def test_partitions_and_items_round_trip() -> None:
+    assert frames.decode_partitions(memoryview(frames.encode_partitions({5, 0, 2}))) == {0, 2, 5}
+    items = [(b"k", b"v"), (b"", b"long" * 999)]
+    assert frames.decode_items(memoryview(frames.encode_items(items)))[0] == items
+
+
+def test_frames_survive_any_read_boundary_and_a_cut_frame_is_an_error() -> None:
+    data = (frames.frame(frames.EVENTS, b"abc") + frames.frame(frames.REPLY_T, b"")
+            + frames.frame(frames.ASSIGN, b"\x00"))
+    for chunk in (1, 2, 5, len(data)):
+        assert _read_all(data, chunk) == [(frames.EVENTS, b"abc"), (frames.REPLY_T, b""), (frames.ASSIGN, b"\x00")]
+    for cut in (len(data) - 1, len(data) - 3):  # inside the last payload, inside the last header
+        with pytest.raises(ConnectionError):
+            _read_all(data[:cut], 3)
