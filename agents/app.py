@@ -64,9 +64,11 @@ class Kagoflow:
         raw = await self.link.query("s", member_id.encode())
         return MemberState.from_bytes(raw) if raw else None
 
-    async def member_metrics(self) -> dict[str, Any]:
+    async def engine_metrics(self) -> dict[str, Any]:
+        """``{"members": …, "archive": …}`` from wherever they run (this process or the engine's)."""
         if self.processor is not None:
-            return self.processor.metrics.as_dict()
+            archive = self.archiver.metrics.snapshot() if self.archiver is not None else None
+            return {"members": self.processor.metrics.as_dict(), "archive": archive}
         assert self.link is not None
         metrics: dict[str, Any] = orjson.loads(await self.link.query("m"))
         return metrics
@@ -159,7 +161,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         await catalog.start()
         await engagement.start()
         await deliverer.start()
-        if settings.archive_enabled:
+        if settings.archive_enabled and link is None:  # else the engine process runs it
             from kagoflow.archive.archiver import Archiver
 
             kf.archiver = Archiver(settings)
@@ -190,7 +192,11 @@ async def forward_to_engine(stream: Any, link: EngineLink, table: Any) -> None:
     partition is current, as Faust requires for table writes."""
     await link.started.wait()
     submit, apply, ready = link.submit, link.apply, link.ready
-    async for event in stream.noack().events():
+    records = stream.noack()
+    async for _ in records:  # what ``.events()`` does, minus one async generator per record
+        event = records.current_event
+        if event is None:
+            continue
         message = event.message
         partition = message.partition
         if link.dump_pending:

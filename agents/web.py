@@ -133,11 +133,12 @@ def add_routes(kf: Kagoflow) -> None:
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
+            engine = await kf.engine_metrics()
             return self.json({
-                "members": await kf.member_metrics(),
+                "members": engine["members"],
                 "products": len(kf.catalog.products),
                 "delivery": dict(kf.deliverer.metrics) if kf.deliverer is not None else None,
-                "archive": kf.archiver.metrics.snapshot() if kf.archiver is not None else None,
+                "archive": engine["archive"],
             })
 
 

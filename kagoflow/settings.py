@@ -49,7 +49,8 @@ class Settings:
     archive_batch_seconds: float = 2.0
     """... or when its oldest row has waited this long."""
     archive_enabled: bool = True
-    """Run the ClickHouse archiver inside the worker (else run ``python -m kagoflow.archive`` apart)."""
+    """Run the ClickHouse archiver inside the worker (in its member engine process when ``engine_process``;
+    else run ``python -m kagoflow.archive`` apart)."""
     # -- SMTP delivery ---------------------------------------------------------------------------
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 10025

@@ -6,7 +6,8 @@ worker a third slower than Faust alone. Here they run on another core. The Faust
 record of the member topics in arrival order (``kagoflow.worker.engine_link``), stores the bucket values
 this process hands back in its RocksDB table, and acks records once their effects are stored.
 
-Everything else is the in-process design unchanged: ``MemberProcessor`` with its own Kafka producer
+The ClickHouse archiver (``KAGOFLOW_ARCHIVE_ENABLED``) runs here too. Everything else is the in-process
+design unchanged: ``MemberProcessor`` with its own Kafka producer
 (decisions, dead letters), Redis cap store and catalog follower; its table is ``RecordingTable`` — the
 stored buckets of the assigned partitions (sent by the worker on assignment) plus the writes not yet
 handed back. A record's ack comes after the writes of the flush that covers it, in the same frame.
@@ -22,6 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 
@@ -87,8 +89,9 @@ class EngineServer:
     """Reads frames from the worker, runs them through the processor, writes results back."""
 
     def __init__(self, processor: MemberProcessor, table: RecordingTable, topics: list[str],
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, *, archiver: Any = None) -> None:
         self.processor = processor
+        self.archiver = archiver
         self.table = table
         self.topics = topics
         self.writer = writer
@@ -141,7 +144,8 @@ class EngineServer:
             state = self.processor.member_state(argument.decode())
             reply = state.to_bytes() if state is not None else b""
         elif what == ord("m"):
-            reply = orjson.dumps(self.processor.metrics.as_dict())
+            archive = self.archiver.metrics.snapshot() if self.archiver is not None else None
+            reply = orjson.dumps({"members": self.processor.metrics.as_dict(), "archive": archive})
         self.writer.write(frames.frame(frames.REPLY_T, frames.REPLY.pack(request_id) + reply))
 
 
@@ -163,13 +167,23 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
     processor = make_processor(settings, ruleset, table=table, catalog=catalog, caps=store.caps, outbox=outbox)
     await outbox.start()
     await catalog.start()
+    archiver = None
+    if settings.archive_enabled:  # here, not in the Faust process: its Kafka reads and inserts take CPU
+        from kagoflow.archive.archiver import Archiver
+
+        archiver = Archiver(settings)
+        await archiver.start()
+        archiving = asyncio.ensure_future(archiver.run())
     try:
         await catalog.caught_up.wait()
-        engine = EngineServer(processor, table, member_topics(names), writer)
+        engine = EngineServer(processor, table, member_topics(names), writer, archiver=archiver)
         log.info("member engine ready (pid %d)", os.getpid())
         await engine.run(reader)
         log.info("member engine: the worker closed the pipe after %d records; exiting", engine.seq)
     finally:
+        if archiver is not None:
+            await archiver.stop()  # flushes the pending batch and leaves the group at once
+            await archiving
         await catalog.stop()
         await outbox.stop()
 

@@ -118,8 +118,9 @@ class EngineLink:
     def submit(self, event: Ackable, topic: str, partition: int, offset: int, timestamp_ms: int,
                value: bytes) -> None:
         """Queue one record for the engine (sent in the next frame)."""
-        self._parts += (frames.EVENT.pack(self._topic_index[topic], partition, offset, timestamp_ms, len(value)),
-                        value)
+        parts = self._parts
+        parts.append(frames.EVENT.pack(self._topic_index[topic], partition, offset, timestamp_ms, len(value)))
+        parts.append(value)
         queue = self._unacked.get(partition)
         if queue is None:
             queue = self._unacked[partition] = deque()

@@ -135,5 +135,5 @@ def test_results_made_before_a_reassignment_never_reach_the_table() -> None:
         return table, acked, metrics
 
     table, acked, metrics = asyncio.run(scenario())
-    assert metrics["events"] == 4 and metrics["flushes"] == 1
+    assert metrics["members"]["events"] == 4 and metrics["members"]["flushes"] == 1 and metrics["archive"] is None
     assert table == {} and acked == []  # replayed by Kafka instead: unacked, unstored
