@@ -98,3 +98,17 @@ def test_engine_does_not_outlive_a_killed_worker(worker: WorkerProcess) -> None:
     worker.start()
     worker.wait_ready()
     assert member_doc(worker, "nobody-" + uuid.uuid4().hex) is None
+
+
+def test_one_process_mode_still_handles_records(stack: Settings, tmp_path: Path) -> None:
+    """``KAGOFLOW_ENGINE_PROCESS=false``: the member processor runs in the Faust process, no child."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "shop.yaml").write_text("timezone: Asia/Tokyo\n")
+    member = f"solo-{uuid.uuid4().hex[:8]}"
+    with WorkerProcess.running(stack, tmp_path, rules_dir=rules, engine_process=False) as worker:
+        assert worker.proc is not None and engine_pids(worker.proc.pid) == []
+        produce_sync(worker.settings, [beacon(member, 1, "p1", now_ms() - 1000)])
+        doc = wait_member(worker, member, lambda d: "p1" in products_of(d), what="beacon in one-process mode")
+        assert products_of(doc)["p1"]["state"] == "view"
+        assert worker.metrics()["members"]["events"] >= 1
