@@ -35,6 +35,7 @@ from kagoflow.settings import Settings, to_env
 from kagoflow.streams.topics import Topics
 from kagoflow.web.tracking import add_tracking_routes
 from kagoflow.worker.engine import member_topics as engine_topics
+from kagoflow.worker.engine import metrics_document
 from kagoflow.worker.engine_link import BATCH_EVENTS, EngineLink
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ class Kagoflow:
     async def engine_metrics(self) -> dict[str, Any]:
         """``{"members": …, "archive": …}`` from wherever they run (this process or the engine's)."""
         if self.processor is not None:
-            archive = self.archiver.metrics.snapshot() if self.archiver is not None else None
-            return {"members": self.processor.metrics.as_dict(), "archive": archive}
+            return metrics_document(self.processor, self.archiver)
         assert self.link is not None
         metrics: dict[str, Any] = orjson.loads(await self.link.query("m"))
         return metrics

@@ -7,7 +7,6 @@ where they are (``infra/stack provision``).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from stacklib.layout import INFRA_DIR
 from stacklib.procs import StackError
 
 SCHEMA_FILE = INFRA_DIR / "clickhouse" / "schema.sql"
-_TOPIC_ALREADY_EXISTS = 36
 
 
 def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> list[str]:
@@ -31,8 +29,11 @@ def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> list[str]:
 
 async def _ensure_topics(bootstrap: str, names: tuple[str, ...], partitions: int, replication_factor: int,
                          timeout: float) -> list[str]:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    """Wait for the broker to answer (it may still be starting), then ``kafka_admin.ensure_topics``."""
+    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
+
+    from kagoflow.adapters.kafka_admin import TopicSpec, ensure_topics
 
     deadline = time.monotonic() + timeout
     while True:
@@ -41,46 +42,17 @@ async def _ensure_topics(bootstrap: str, names: tuple[str, ...], partitions: int
             await admin.start()
             break
         except KafkaError as exc:
-            await admin.close()
             if time.monotonic() > deadline:
                 raise StackError(f"kafka: admin client could not connect to {bootstrap}: {exc!r}") from None
             await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
     try:
-        existing = set(await admin.list_topics())
-        missing = [name for name in names if name not in existing]
-        if missing:
-            response = await admin.create_topics(
-                [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
-                 for name in missing]
-            )
-            for name, code, *rest in response.topic_errors:
-                if code not in (0, _TOPIC_ALREADY_EXISTS):
-                    raise StackError(f"kafka: creating topic {name!r} failed: error {code} {rest}")
-        await _wait_for_leaders(admin, names, partitions=partitions, deadline=deadline)
-        return missing
-    finally:
-        await admin.close()
-
-
-async def _wait_for_leaders(admin: object, names: tuple[str, ...], *, partitions: int,
-                            deadline: float) -> None:
-    """Wait until every partition of every topic has a leader, so a first produce does not bounce."""
-    while True:
-        described = await admin.describe_topics(list(names))  # type: ignore[attr-defined]
-        pending = []
-        for topic in described:
-            parts = topic.get("partitions", [])
-            if topic.get("error_code", 0) or any(p.get("leader", -1) < 0 for p in parts):
-                pending.append(topic["topic"])
-            elif len(parts) != partitions:
-                print(f"stack: warning: topic {topic['topic']!r} has {len(parts)} partitions, "
-                      f"KAGOFLOW_PARTITIONS={partitions} (delete the stack dir to recreate)",
-                      file=sys.stderr)
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            raise StackError(f"kafka: topics without a partition leader: {pending}")
-        await asyncio.sleep(0.2)
+        return await ensure_topics(bootstrap=bootstrap, topics=[TopicSpec(name, partitions) for name in names],
+                                   replication=replication_factor,
+                                   timeout_s=max(deadline - time.monotonic(), 5.0))
+    except RuntimeError as exc:
+        raise StackError(str(exc)) from None
 
 
 def split_sql(text: str) -> list[str]:

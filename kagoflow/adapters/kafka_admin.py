@@ -10,6 +10,7 @@ leader, removes that race.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 TOPIC_ALREADY_EXISTS = 36
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,8 @@ async def ensure_topics(*, bootstrap: str, topics: Iterable[TopicSpec], replicat
                         timeout_s: float = 60.0) -> list[str]:
     """Create the missing ``topics`` and wait until every partition of each has a leader.
 
-    Returns the names created. Existing topics are left as they are (a partition count that differs from the
-    spec is the caller's concern: the worker checks its member topics itself).
+    Returns the names created. Existing topics are left as they are; one whose partition count differs from
+    its spec gets a warning (co-partitioned tables need the count the settings say).
     """
     specs = {spec.name: spec for spec in topics}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -48,20 +50,26 @@ async def ensure_topics(*, bootstrap: str, topics: Iterable[TopicSpec], replicat
             for name, code, *rest in response.topic_errors:
                 if code not in (0, TOPIC_ALREADY_EXISTS):
                     raise RuntimeError(f"kafka: creating topic {name!r} failed: error {code} {rest}")
-        await _wait_for_leaders(admin, list(specs), deadline=time.monotonic() + timeout_s)
+        await _wait_for_leaders(admin, specs, deadline=time.monotonic() + timeout_s)
         return [spec.name for spec in missing]
     finally:
         await admin.close()
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], *, deadline: float) -> None:
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, specs: dict[str, TopicSpec], *, deadline: float) -> None:
     while True:
         pending = []
-        for topic in await admin.describe_topics(names):
+        described = await admin.describe_topics(list(specs))
+        for topic in described:
             parts = topic.get("partitions", [])
             if topic.get("error_code", 0) or not parts or any(p.get("leader", -1) < 0 for p in parts):
                 pending.append(topic.get("topic"))
         if not pending:
+            for topic in described:
+                spec = specs.get(topic.get("topic", ""))
+                if spec is not None and len(topic["partitions"]) != spec.partitions:
+                    log.warning("kafka: topic %r has %d partitions, expected %d (KAGOFLOW_PARTITIONS)",
+                                spec.name, len(topic["partitions"]), spec.partitions)
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"kafka: topics without a partition leader after the wait: {pending}")

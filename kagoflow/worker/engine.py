@@ -44,6 +44,12 @@ def member_topics(names: Topics) -> list[str]:
     return [names.beacons, names.members, names.orders, names.ticks, names.catalog_events]
 
 
+def metrics_document(processor: MemberProcessor, archiver: Any) -> dict[str, Any]:
+    """``{"members": …, "archive": …}`` for the worker's ``/metrics`` (from whichever process runs them)."""
+    return {"members": processor.metrics.as_dict(),
+            "archive": archiver.metrics.snapshot() if archiver is not None else None}
+
+
 class RecordingTable:
     """The engine's member table: stored buckets of its partitions, and the writes not yet handed back."""
 
@@ -144,8 +150,7 @@ class EngineServer:
             state = self.processor.member_state(argument.decode())
             reply = state.to_bytes() if state is not None else b""
         elif what == ord("m"):
-            archive = self.archiver.metrics.snapshot() if self.archiver is not None else None
-            reply = orjson.dumps({"members": self.processor.metrics.as_dict(), "archive": archive})
+            reply = orjson.dumps(metrics_document(self.processor, self.archiver))
         self.writer.write(frames.frame(frames.REPLY_T, frames.REPLY.pack(request_id) + reply))
 
 
