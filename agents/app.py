@@ -24,7 +24,6 @@ from kagoflow.adapters.kafka_outbox import KafkaOutbox
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.agents.catalog import make_catalog_agent
 from kagoflow.agents.delivery import make_delivery_agent
-from kagoflow.agents.member import MemberProcessor, make_processor, wall_clock_ms
 from kagoflow.agents.tables import bytes_table
 from kagoflow.agents.web import add_routes
 from kagoflow.core.behaviour import MemberState
@@ -37,6 +36,7 @@ from kagoflow.web.tracking import add_tracking_routes
 from kagoflow.worker.engine import member_topics as engine_topics
 from kagoflow.worker.engine import metrics_document
 from kagoflow.worker.engine_link import BATCH_EVENTS, EngineLink
+from kagoflow.worker.processor import MemberProcessor, make_processor, wall_clock_ms
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import faust
 
-from kagoflow.agents.member import Outbox
 from kagoflow.agents.tables import bytes_table
 from kagoflow.core.catalog import ProductInfo, apply_catalog
 from kagoflow.core.errors import ContractError
@@ -15,6 +14,7 @@ from kagoflow.core.rules import RuleSet
 from kagoflow.settings import Settings
 from kagoflow.streams import contract
 from kagoflow.streams.topics import Topics, dlq
+from kagoflow.worker.processor import Outbox
 
 
 def make_catalog_agent(app: faust.App, *, settings: Settings, ruleset: RuleSet, outbox: Outbox) -> Any:

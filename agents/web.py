@@ -16,10 +16,10 @@ import faust
 from faust.web import Request, Response, View
 
 from kagoflow.adapters.clickhouse import ArchiveError, ClickHouseArchive
-from kagoflow.agents.member import profile_snapshot
 from kagoflow.core.behaviour import MemberState, current_products
 from kagoflow.core.events import BEACON_TYPES
 from kagoflow.core.shoptime import at_local_time
+from kagoflow.worker.processor import profile_snapshot
 
 if TYPE_CHECKING:
     from kagoflow.agents.app import Kagoflow

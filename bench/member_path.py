@@ -26,13 +26,13 @@ from typing import Any
 import orjson
 from traffic import generate_beacons  # bench/ is sys.path[0] when run as a script
 
-from kagoflow.agents.member import MemberProcessor, profile_snapshot
 from kagoflow.core.caps import InMemoryCapStore
 from kagoflow.core.engine import Engine
 from kagoflow.loading import load_ruleset
 from kagoflow.settings import Settings
 from kagoflow.streams.topics import Topics
 from kagoflow.worker import buckets
+from kagoflow.worker.processor import MemberProcessor, profile_snapshot
 
 PARTITIONS = 4
 

@@ -17,7 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 
 class KafkaOutbox:
-    """``kagoflow.agents.member.Outbox`` over aiokafka; ``start`` inside the running event loop."""
+    """``kagoflow.worker.processor.Outbox`` over aiokafka; ``start`` inside the running event loop."""
 
     def __init__(self, *, bootstrap: str, client_id: str) -> None:
         self._bootstrap = bootstrap

@@ -30,11 +30,11 @@ import orjson
 from kagoflow.adapters.catalog_follower import CatalogFollower
 from kagoflow.adapters.kafka_outbox import KafkaOutbox
 from kagoflow.adapters.redis_store import RedisStore
-from kagoflow.agents.member import MemberProcessor, make_processor
 from kagoflow.loading import load_ruleset
 from kagoflow.settings import Settings
 from kagoflow.streams.topics import Topics
 from kagoflow.worker import buckets, frames
+from kagoflow.worker.processor import MemberProcessor, make_processor
 
 log = logging.getLogger("kagoflow.engine")
 

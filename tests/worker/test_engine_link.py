@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 
-from kagoflow.agents.member import make_processor
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.caps import InMemoryCapStore
 from kagoflow.loading import load_ruleset
@@ -23,6 +22,7 @@ from kagoflow.streams.topics import Topics
 from kagoflow.worker import buckets
 from kagoflow.worker.engine import EngineServer, RecordingTable, member_topics
 from kagoflow.worker.engine_link import EngineLink
+from kagoflow.worker.processor import make_processor
 
 NAMES = Topics("")
 T0 = 1_790_000_000_000

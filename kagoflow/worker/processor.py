@@ -1,4 +1,7 @@
-"""The member agent's event handling: one stream over every member-keyed topic of a partition.
+"""The member partitions' event handling: one stream over every member-keyed topic of a partition.
+
+Faust-free runtime: it runs in the member engine process (or in the Faust process with
+``KAGOFLOW_ENGINE_PROCESS=false``); ``agents/`` keeps only the Faust shells around it.
 
 Beacons, profile updates, orders, ticks and catalog triggers of partition ``p`` arrive in one stream, so
 member state is read and written only while an event of its own partition is current (Faust's rule for
