@@ -1,9 +1,13 @@
-"""Signed tracking tokens for open pixels, click redirects and unsubscribe links.
+"""Tracking tokens for open pixels, click redirects and unsubscribe links: encrypted and authenticated.
 
-A token is ``base64url(payload) "." base64url(HMAC-SHA256(secret, payload))``; the payload is a compact JSON
-array. Nothing is stored server side: the signature is what makes a token trustworthy, so a token that was
-altered in any byte (or signed with another secret) is simply invalid. Tokens never expire — an unsubscribe
-link in a mail from last year must still work.
+A token is ``base64url(version, kind, nonce, AES-GCM-SIV(key, payload, aad=version+kind))``, the payload
+a compact JSON array (decision key, member id, rule, send time, click target). Encryption keeps the member id
+and the target out of the link (a forwarded mail, a proxy log or a link scanner sees an opaque string); the
+authentication tag makes any altered byte, or a token made with another secret, invalid. Nothing is stored
+server side, so any worker verifies any token. The key is derived from ``KAGOFLOW_TRACKING_SECRET`` with
+HKDF; GCM-SIV keeps a (1 in 2^96) repeated random nonce harmless. Tokens never expire — an unsubscribe
+link in a mail from last year must still work — so links of the former signed-only format (``payload.mac``,
+HMAC-SHA256) still verify; new ones are never made in it.
 """
 
 from __future__ import annotations
@@ -12,15 +16,22 @@ import base64
 import binascii
 import functools
 import hmac
+import os
 from dataclasses import dataclass
 from typing import Literal
 
 import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 TokenKind = Literal["open", "click", "unsub"]
 _KIND_CODE: dict[str, str] = {"open": "o", "click": "c", "unsub": "u"}
 _CODE_KIND: dict[str, TokenKind] = {"o": "open", "c": "click", "u": "unsub"}
 MAX_TOKEN_LENGTH = 4096
+VERSION = b"\x02"
+NONCE_BYTES = 12
 
 
 class InvalidToken(ValueError):
@@ -49,54 +60,84 @@ def _unb64(text: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=8)
-def _keyed(secret: str) -> hmac.HMAC:
-    """An HMAC already keyed with ``secret``: copying it skips the key set-up (~7 tokens per mail)."""
-    return hmac.new(secret.encode("utf-8"), digestmod="sha256")
-
-
-def _mac(secret: str, payload: str) -> bytes:
-    mac = _keyed(secret).copy()
-    mac.update(payload.encode("ascii"))
-    return mac.digest()
+def _aead(secret: str) -> AESGCMSIV:
+    """The cipher for ``secret`` (HKDF-SHA256 to a 256-bit key): derived once, ~7 tokens per mail."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"kagoflow tracking token v2")
+    return AESGCMSIV(hkdf.derive(secret.encode("utf-8")))
 
 
 def sign(token: TrackingToken, *, secret: str) -> str:
-    fields: list[object] = [_KIND_CODE[token.kind], token.key, token.member_id, token.rule_id, token.sent_ms]
+    """The token's text for a link (encrypted; a fresh nonce each time, so equal tokens differ)."""
+    fields: list[object] = [token.key, token.member_id, token.rule_id, token.sent_ms]
     if token.url is not None:
         fields.append(token.url)
-    payload = _b64(orjson.dumps(fields))
-    return f"{payload}.{_b64(_mac(secret, payload))}"
+    header = VERSION + _KIND_CODE[token.kind].encode("ascii")
+    nonce = os.urandom(NONCE_BYTES)
+    return _b64(header + nonce + _aead(secret).encrypt(nonce, orjson.dumps(fields), header))
 
 
 def verify(text: str, *, secret: str, kind: TokenKind | None = None) -> TrackingToken:
-    """Return the token's content, or raise ``InvalidToken``. The MAC is compared in constant time."""
-    if len(text) > MAX_TOKEN_LENGTH or text.count(".") != 1:
+    """Return the token's content, or raise ``InvalidToken`` (no detail: a prober learns nothing)."""
+    if len(text) > MAX_TOKEN_LENGTH or not text.isascii():
         raise InvalidToken()
-    payload, mac_text = text.split(".")
-    # Compare the canonical text form: decoding first would accept variants of the last base64 character.
-    if not (payload.isascii() and mac_text.isascii()):
-        raise InvalidToken()
-    if not hmac.compare_digest(mac_text.encode("ascii"), _b64(_mac(secret, payload)).encode("ascii")):
-        raise InvalidToken()
-    try:
-        fields = orjson.loads(_unb64(payload))
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
-        raise InvalidToken() from None
-    if not isinstance(fields, list) or len(fields) not in (5, 6):
-        raise InvalidToken()
-    code, key, member_id, rule_id, sent_ms, *rest = fields
-    if code not in _CODE_KIND or not all(isinstance(v, str) for v in (key, member_id, rule_id)):
-        raise InvalidToken()
-    if not isinstance(sent_ms, int):
-        raise InvalidToken()
-    url = rest[0] if rest else None
-    if url is not None and not isinstance(url, str):
-        raise InvalidToken()
-    token = TrackingToken(
-        kind=_CODE_KIND[code], key=key, member_id=member_id, rule_id=rule_id, sent_ms=sent_ms, url=url
-    )
+    token = _verify_legacy(text, secret) if "." in text else _open(text, secret)
     if kind is not None and token.kind != kind:
         raise InvalidToken()
     if (token.kind == "click") != (token.url is not None):
         raise InvalidToken()
     return token
+
+
+def _open(text: str, secret: str) -> TrackingToken:
+    try:
+        raw = _unb64(text)
+    except (binascii.Error, ValueError):
+        raise InvalidToken() from None
+    # Only the canonical text: unused bits of the last base64 character must not give a second valid form.
+    if _b64(raw) != text or len(raw) < 2 + NONCE_BYTES or raw[:1] != VERSION:
+        raise InvalidToken()
+    header, nonce, sealed = raw[:2], raw[2 : 2 + NONCE_BYTES], raw[2 + NONCE_BYTES :]
+    code = header[1:].decode("latin-1")
+    if code not in _CODE_KIND:
+        raise InvalidToken()
+    try:
+        fields = orjson.loads(_aead(secret).decrypt(nonce, sealed, header))
+    except (InvalidTag, orjson.JSONDecodeError):
+        raise InvalidToken() from None
+    return _token(_CODE_KIND[code], fields)
+
+
+def _token(kind: TokenKind, fields: object) -> TrackingToken:
+    if not isinstance(fields, list) or len(fields) not in (4, 5):
+        raise InvalidToken()
+    key, member_id, rule_id, sent_ms, *rest = fields
+    if not all(isinstance(v, str) for v in (key, member_id, rule_id)) or type(sent_ms) is not int:
+        raise InvalidToken()
+    url = rest[0] if rest else None
+    if url is not None and not isinstance(url, str):
+        raise InvalidToken()
+    return TrackingToken(kind=kind, key=key, member_id=member_id, rule_id=rule_id, sent_ms=sent_ms, url=url)
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: str) -> hmac.HMAC:
+    return hmac.new(secret.encode("utf-8"), digestmod="sha256")
+
+
+def _verify_legacy(text: str, secret: str) -> TrackingToken:
+    """The former ``base64url(json).base64url(HMAC-SHA256)`` format, for links in mails already sent."""
+    if text.count(".") != 1:
+        raise InvalidToken()
+    payload, mac_text = text.split(".")
+    mac = _keyed(secret).copy()
+    mac.update(payload.encode("ascii"))
+    # Compare the canonical text form: decoding first would accept variants of the last base64 character.
+    if not hmac.compare_digest(mac_text.encode("ascii"), _b64(mac.digest()).encode("ascii")):
+        raise InvalidToken()
+    try:
+        fields = orjson.loads(_unb64(payload))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise InvalidToken() from None
+    if not isinstance(fields, list) or not fields or fields[0] not in _CODE_KIND:
+        raise InvalidToken()
+    return _token(_CODE_KIND[fields[0]], fields[1:])

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import base64
+import hmac
+
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -58,3 +62,49 @@ def test_other_secret_wrong_kind_and_garbage_are_rejected() -> None:
 def test_a_click_token_without_url_is_invalid_even_when_signed() -> None:
     with pytest.raises(InvalidToken):
         verify(sign(_token(url=None), secret=SECRET), secret=SECRET)
+
+
+def _every_decoding(text: str) -> bytes:
+    """All bytes an observer could read out of a token: each dot-separated part base64url-decoded, plus the
+    raw text."""
+    out = text.encode()
+    for part in text.split("."):
+        try:
+            out += base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        except ValueError:
+            continue
+    return out
+
+
+def test_the_token_hides_the_member_id_and_the_target() -> None:
+    token = _token(member_id="member-4711", key="member-4711|cart-1h|e1", url="https://shop.example.com/items/p1")
+    text = sign(token, secret=SECRET)
+    readable = _every_decoding(text)
+    for secret_part in (b"member-4711", b"shop.example.com", b"items/p1", b"cart-1h"):
+        assert secret_part not in readable
+    assert verify(text, secret=SECRET, kind="click") == token
+
+
+def test_two_tokens_of_the_same_link_differ() -> None:
+    """A fresh nonce each time: equal links in two mails cannot be matched up by their text."""
+    assert sign(_token(), secret=SECRET) != sign(_token(), secret=SECRET)
+
+
+def test_links_of_the_former_signed_only_format_still_verify() -> None:
+    """Unsubscribe links in mails already sent never expire."""
+    payload = base64.urlsafe_b64encode(
+        orjson.dumps(["u", "m1|cart-1h|e1", "m1", "cart-1h", 1_700_000_000_000])).rstrip(b"=").decode()
+    mac = hmac.new(SECRET.encode(), payload.encode(), "sha256").digest()
+    legacy = f"{payload}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    assert verify(legacy, secret=SECRET, kind="unsub").member_id == "m1"
+    with pytest.raises(InvalidToken):
+        verify(legacy, secret="other")
+    with pytest.raises(InvalidToken):
+        verify(legacy[:-2] + ("AA" if not legacy.endswith("AA") else "BB"), secret=SECRET)
+
+
+@given(data=st.binary(max_size=200))
+def test_random_bytes_never_verify(data: bytes) -> None:
+    text = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    with pytest.raises(InvalidToken):
+        verify(text, secret=SECRET)
