@@ -33,6 +33,7 @@ from kagoflow.core.events import (
     Record,
     new_beacon,
 )
+from kagoflow.web.urls import url_problem
 
 CONTRACT_VERSION: Final = 1
 
@@ -150,8 +151,8 @@ def _device(data: dict[str, Any]) -> Device | None:
 
 def _url(data: dict[str, Any], field: str) -> str | None:
     value = _text(data, field, max_len=MAX_URL, required=False)
-    if value is not None and not value.startswith(("https://", "http://")):
-        raise ContractError(f"{field}: must be an http(s) URL")
+    if value is not None and (problem := url_problem(value)) is not None:  # as a browser parses it (WHATWG)
+        raise ContractError(f"{field}: {problem}")
     return value
 
 

@@ -11,12 +11,12 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import urlsplit
 
 from kagoflow.core.catalog import ProductInfo
 from kagoflow.core.decisions import Decision
 from kagoflow.mail.tokens import TrackingToken, sign
 from kagoflow.settings import Settings
+from kagoflow.web.urls import UnsafeUrl, redirect_target
 
 MAX_PRODUCTS = 10
 """A product block shows 3, 4 or 5 items (chosen by the template); more than this is never passed."""
@@ -82,19 +82,14 @@ RECORD_FIELDS: dict[type, frozenset[str]] = {
 """Plain-data fields templates may read without the sandbox's per-access check."""
 
 
-def host_allowed(url: str, domains: Sequence[str]) -> bool:
-    """True for http(s) URLs whose host is exactly one of the shop's domains."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and (parts.hostname or "") in {d.lower() for d in domains}
-
-
 @functools.lru_cache(maxsize=16384)
-def _link_allowed(url: str, domains: tuple[str, ...]) -> bool:
-    """``host_allowed`` for mail links: the catalog's product URLs recur in every mail, so parse each once."""
-    return host_allowed(url, domains)
+def _link_target(url: str, domains: tuple[str, ...], local_mode: bool) -> str | None:
+    """The click target a browser would follow for ``url`` if the redirect allows it, else None (see
+    ``kagoflow.web.urls``); cached: the catalog's product URLs recur in every mail."""
+    try:
+        return redirect_target(url, domains=domains, local_mode=local_mode)
+    except UnsafeUrl:
+        return None
 
 
 class Links:
@@ -128,9 +123,9 @@ class Links:
 
     def click(self, url: str) -> str:
         """Tracked link to ``url``; a URL off the shop's domains is replaced by the shop top page."""
-        if not _link_allowed(url, tuple(self._settings.shop_domains)):
-            url = self._settings.shop_url
-        return f"{self._base}/c/{self._token('click', url)}"
+        settings = self._settings
+        target = _link_target(url, tuple(settings.shop_domains), settings.local_mode) or settings.shop_url
+        return f"{self._base}/c/{self._token('click', target)}"
 
 
 def mail_products(

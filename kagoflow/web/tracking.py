@@ -1,9 +1,9 @@
 """HTTP endpoints that mail recipients reach: open pixel, click redirect, unsubscribe (RFC 8058 one-click).
 
-Every URL carries a signed token (``kagoflow.mail.tokens``); a token that does not verify gets a bare 404 —
-no hint of what was wrong. Opens are never dropped, but opens that machines make (mail privacy proxies,
-security scanners, prefetches within seconds of the send) are flagged ``suspected_bot`` so open rates can
-be computed with or without them.
+Served by the public server (``kagoflow.web.public``). Every URL carries an encrypted, authenticated token
+(``kagoflow.mail.tokens``); a token that does not verify gets a bare 404 — no hint of what was wrong.
+Opens are never dropped, but opens that machines make (mail privacy proxies, security scanners, prefetches
+within seconds of the send) are flagged ``suspected_bot`` so open rates can be computed with or without them.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, cast
 from aiohttp import web
 
 from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
-from kagoflow.mail.context import host_allowed
 from kagoflow.mail.engagement import EngagementSink, engagement_event
 from kagoflow.mail.tokens import InvalidToken, TokenKind, TrackingToken, verify
 from kagoflow.settings import Settings
+from kagoflow.web.urls import UnsafeUrl, redirect_target
 
 log = logging.getLogger(__name__)
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -111,9 +111,11 @@ async def _open(request: web.Request) -> web.Response:
 
 async def _click(request: web.Request) -> web.Response:
     token = _token(request, "click")
-    url = token.url or ""
-    if not host_allowed(url, request.app[SETTINGS_KEY].shop_domains):
-        raise web.HTTPBadRequest(text="bad request")
+    settings = request.app[SETTINGS_KEY]
+    try:  # checked again at click time: the token may predate a change of the allow-list or the rules
+        url = redirect_target(token.url or "", domains=settings.shop_domains, local_mode=settings.local_mode)
+    except UnsafeUrl:
+        raise web.HTTPBadRequest(text="bad request") from None
     bot = suspected_bot(request.headers.get("User-Agent", ""), sent_ms=token.sent_ms, now_ms=_now_ms())
     await _emit(request, "click", token, url=url, suspected_bot=bot)
     raise web.HTTPFound(url, headers=NO_CACHE)
