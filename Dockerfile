@@ -26,6 +26,9 @@ ENV KAGOFLOW_RULES_DIR=/app/rules \
     KAGOFLOW_TEMPLATES_DIR=/app/templates \
     KAGOFLOW_DATA_DIR=/data \
     KAGOFLOW_WEB_HOST=0.0.0.0
+# Only the public server (tracking links, /health) listens outside the container; the operator server
+# (API, metrics: KAGOFLOW_OPERATOR_PORT 16067) stays on 127.0.0.1 unless KAGOFLOW_OPERATOR_HOST and
+# KAGOFLOW_OPERATOR_TOKEN are set. KAGOFLOW_TRACKING_SECRET has no usable default: pass one at run time.
 VOLUME ["/data"]
 EXPOSE 16066
 

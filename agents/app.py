@@ -30,9 +30,10 @@ from kagoflow.core.behaviour import MemberState
 from kagoflow.core.rules import RuleSet
 from kagoflow.loading import load_ruleset
 from kagoflow.mail.delivery import Deliverer
-from kagoflow.settings import Settings, to_env
+from kagoflow.settings import Settings, require_secrets, to_env
 from kagoflow.streams.topics import Topics
-from kagoflow.web.tracking import add_tracking_routes
+from kagoflow.web.operator import bearer_auth, operator_url
+from kagoflow.web.public import PublicServer, public_app
 from kagoflow.worker.engine import member_topics as engine_topics
 from kagoflow.worker.engine import metrics_document
 from kagoflow.worker.engine_link import BATCH_EVENTS, EngineLink
@@ -75,6 +76,7 @@ class Kagoflow:
 
 
 def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflow:
+    require_secrets(settings)
     if ruleset is None:
         ruleset = load_ruleset(settings)
     app = faust.App(
@@ -90,10 +92,19 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
+        # Faust's web server is the operator server (API, metrics; table_route forwards to the owner's
+        # canonical_url). Its built-in views would show every member's raw state (/table), the cluster map
+        # (/router), sensors and the service graph: all off. Tracking links have their own public server.
         web_enabled=True,
-        web_bind=settings.web_host,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
+        web_bind=settings.operator_host,
+        web_port=settings.operator_port,
+        canonical_url=operator_url(settings),
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
+        web_application_options={"middlewares": [bearer_auth(settings.operator_token)]},
         key_serializer="raw",
         value_serializer="raw",
         logging_config=None,
@@ -118,6 +129,8 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     ticks = app.topic(names.ticks, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     kf = Kagoflow(app=app, settings=settings, ruleset=ruleset, processor=processor, link=link, catalog=catalog,
                   member_table=member_table, deliverer=deliverer)
+    public = PublicServer(public_app(settings, sink=engagement, store=store, ready=catalog.caught_up.is_set),
+                          host=settings.web_host, port=settings.web_port)
 
     @app.agent(member_topics, name="kagoflow-members")
     async def member_agent(stream: Any) -> None:  # a faust.Stream (StreamT lacks noack)
@@ -160,6 +173,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         await outbox.start()
         await catalog.start()
         await engagement.start()
+        await public.start()
         await deliverer.start()
         if settings.archive_enabled and link is None:  # else the engine process runs it
             from kagoflow.archive.archiver import Archiver
@@ -172,6 +186,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     async def stop_services(sender: Any, **_: Any) -> None:
         if kf.archiver is not None:
             await kf.archiver.stop()  # flushes the pending batch and leaves the group at once
+        await public.stop()
         await deliverer.close()
         await engagement.close()
         await catalog.stop()
@@ -182,7 +197,6 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     make_catalog_agent(app, settings=settings, ruleset=ruleset, outbox=outbox)
     make_delivery_agent(app, settings=settings, catalog=catalog, store=store, deliverer=deliverer)
     add_routes(kf)
-    add_tracking_routes(cast(Any, app.web).web_app, settings=settings, sink=engagement, store=store)
     return kf
 
 

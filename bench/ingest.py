@@ -381,7 +381,7 @@ async def _wait_caught_up(proc: subprocess.Popen[bytes], settings: Settings, *, 
                 raise TimeoutError(f"kagoflow worker not caught up after {timeout_s:.0f}s; see {log}")
             ends = await reader.read(_member_topics(settings))
             target = sum(end - baseline.get(tp, 0) for tp, end in ends.items())
-            metrics = await asyncio.to_thread(_metrics, settings.web_port)
+            metrics = await asyncio.to_thread(_metrics, settings.operator_port)
             now = time.time() - started
             events = int(metrics["members"]["events"]) if metrics else 0
             if events and not first:
@@ -434,7 +434,8 @@ def kagoflow_settings(*, tag: str, prefix: str, workdir: Path, bootstrap: str, a
     data_dir.mkdir(exist_ok=True)
     return replace(Settings.from_env(), kafka_bootstrap=bootstrap,
                    app_id=f"{tag}-kagoflow" if round_ == 1 else f"{tag}-kagoflow-r{round_}",
-                   topic_prefix=prefix, data_dir=data_dir, web_port=_free_port(), partitions=PARTITIONS,
+                   topic_prefix=prefix, data_dir=data_dir, web_port=_free_port(), operator_port=_free_port(),
+                   local_mode=True, partitions=PARTITIONS,
                    archive_enabled=archive, clickhouse_database=_bench_database(tag))
 
 

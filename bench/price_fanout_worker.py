@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = await end_offsets(settings.kafka_bootstrap, _member_topics(settings), earliest=True)
         proc, started = _start_worker(settings, log)
         try:
-            while _metrics(settings.web_port) is None:  # topics created, web up
+            while _metrics(settings.operator_port) is None:  # topics created, web up
                 if proc.poll() is not None:
                     raise RuntimeError(f"worker exited; see {log}")
                 await asyncio.sleep(0.2)
@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             out["preload_s"] = time.time() - began
             await asyncio.sleep(2 * settings.state_flush_seconds + 2)  # the preload's state is flushed
             out["rss_before_mb"] = _rss_mb(proc.pid)[0]
-            before = decided(_metrics(settings.web_port))
+            before = decided(_metrics(settings.operator_port))
             t0 = time.time()
             await produce_catalog(settings.kafka_bootstrap, names.catalog, 8_000, int(t0 * 1000))
-            while (done := decided(_metrics(settings.web_port)) - before) < args.watchers:
+            while (done := decided(_metrics(settings.operator_port)) - before) < args.watchers:
                 if time.time() - t0 > args.timeout:
                     raise TimeoutError(f"{done} of {args.watchers} decisions after {args.timeout:.0f}s; see {log}")
                 await asyncio.sleep(0.05)

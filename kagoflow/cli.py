@@ -71,6 +71,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad KAGOFLOW_* value: name it, no traceback
         print(f"kagoflow: error: {exc}", file=sys.stderr)
         return 2
+    if args.command in {"worker", "preview", "test-send"}:  # they sign tracking tokens
+        from kagoflow.settings import secret_problems
+
+        problems = secret_problems(settings)
+        for problem in problems:
+            print(f"kagoflow: error: {problem}", file=sys.stderr)
+        if problems:
+            return 2
     if args.command == "worker":
         from kagoflow.agents.app import run_worker
 

@@ -7,12 +7,15 @@ environment; everything else receives a ``Settings`` instance.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TRACKING_SECRET = "change-me-in-production"
+MIN_SECRET_BYTES = 32
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -73,15 +76,30 @@ class Settings:
     # -- Rules, templates, tracking --------------------------------------------------------------
     rules_dir: Path = PROJECT_ROOT / "rules"
     templates_dir: Path = PROJECT_ROOT / "templates"
-    tracking_secret: str = "change-me-in-production"
-    """HMAC key of open/click/unsubscribe tokens."""
+    tracking_secret: str = DEFAULT_TRACKING_SECRET
+    """Key of open/click/unsubscribe tokens (encrypted and authenticated). The default only works in
+    ``local_mode``: elsewhere the worker refuses to start without a secret of at least 32 bytes."""
     public_base_url: str = "http://127.0.0.1:16066"
-    """Base URL of the worker's web server as mail recipients reach it (pixel, redirect, unsubscribe)."""
+    """Base URL of the worker's public server as mail recipients reach it (pixel, redirect, unsubscribe)."""
     shop_domains: tuple[str, ...] = ("shop.example.com",)
-    """Click redirects only go to URLs on these hosts."""
+    """Click redirects only go to https URLs (http too in ``local_mode``) on exactly these hosts."""
+    local_mode: bool = False
+    """The local stack, the demo and the tests: accepts the default / short tracking secret, a short operator
+    token and http click targets. Never set it in production."""
     # -- Worker ----------------------------------------------------------------------------------
     web_port: int = 16066
+    """Public server (tracking links and ``/health`` only): what mail recipients reach."""
     web_host: str = "127.0.0.1"
+    operator_port: int = 16067
+    """Operator server: member / product API and ``/metrics`` (and the staff console's calls)."""
+    operator_host: str = "127.0.0.1"
+    """Bind address of the operator server; anything but a loopback address needs ``operator_token``."""
+    operator_token: str = ""
+    """Bearer token the operator server requires (``Authorization: Bearer …``) when set; empty = no token,
+    allowed only while ``operator_host`` is a loopback address."""
+    operator_url: str = ""
+    """How other workers reach this worker's operator server (requests for a member are forwarded to the
+    worker that owns it); empty = ``http://operator_host:operator_port``."""
     data_dir: Path = PROJECT_ROOT / ".kagoflow"
     """Faust table stores (RocksDB) and other worker-local data."""
     state_flush_seconds: float = 10.0
@@ -131,6 +149,42 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+def secret_problems(settings: Settings) -> list[str]:
+    """Why these settings must not run a worker or sign tokens (empty = fine). Secrets have no working
+    defaults outside ``local_mode``; an operator server off loopback needs a token in any mode."""
+    problems: list[str] = []
+    if not settings.local_mode:
+        secret = settings.tracking_secret
+        if secret == DEFAULT_TRACKING_SECRET or len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+            problems.append(f"KAGOFLOW_TRACKING_SECRET: set a random secret of at least {MIN_SECRET_BYTES} bytes "
+                            "(the default or a short one lets anybody forge unsubscribe and click links; "
+                            "KAGOFLOW_LOCAL_MODE=1 allows it on a development machine)")
+        token = settings.operator_token
+        if token and len(token.encode("utf-8")) < MIN_SECRET_BYTES:
+            problems.append(f"KAGOFLOW_OPERATOR_TOKEN: at least {MIN_SECRET_BYTES} bytes")
+    if not settings.operator_token and not is_loopback(settings.operator_host):
+        problems.append(f"KAGOFLOW_OPERATOR_TOKEN: required while the operator server binds "
+                        f"KAGOFLOW_OPERATOR_HOST={settings.operator_host!r} (not a loopback address)")
+    return problems
+
+
+def require_secrets(settings: Settings) -> None:
+    """Raise ``ValueError`` naming every variable that ``secret_problems`` objects to."""
+    problems = secret_problems(settings)
+    if problems:
+        raise ValueError("refusing to start: " + "; ".join(problems))
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP; a name that merely resolves there does not count (it may change)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def to_env(settings: Settings) -> dict[str, str]:
     """The ``KAGOFLOW_*`` variables that make ``Settings.from_env`` return ``settings`` (for child processes)."""
     env: dict[str, str] = {}
@@ -164,4 +218,4 @@ def _convert(kind: type, raw: str) -> object:
 
 
 _DEFAULTS = Settings()
-__all__ = ["PROJECT_ROOT", "Settings", "to_env"]
+__all__ = ["PROJECT_ROOT", "Settings", "is_loopback", "require_secrets", "secret_problems", "to_env"]

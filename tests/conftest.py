@@ -27,6 +27,7 @@ import pytest
 from kagoflow.settings import PROJECT_ROOT, Settings
 
 STACK = PROJECT_ROOT / "infra" / "stack"
+os.environ.setdefault("KAGOFLOW_LOCAL_MODE", "1")  # tests use short secrets and http links (README "Security")
 T = TypeVar("T")
 
 

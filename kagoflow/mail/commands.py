@@ -1,6 +1,6 @@
 """``kagoflow preview`` and ``kagoflow test-send``: a rule's mail for one member, as it would go out now.
 
-The member's profile and product states come from the running worker's HTTP API (the worker owns that
+The member's profile and product states come from the running worker's operator API (the worker owns that
 state), the rule from the rules directory, the templates from ``settings.templates_dir``. Tracking links in
 a preview are real signed links; a test send goes to the given address only, never touches the send ledger,
 caps or suppression list, and its subject starts with ``[TEST]``.
@@ -27,6 +27,7 @@ from kagoflow.mail.context import MemberProfile, mail_context
 from kagoflow.mail.message import MessageError, compose
 from kagoflow.mail.templates import MailTemplates, RenderedMail
 from kagoflow.settings import Settings
+from kagoflow.web.operator import local_operator_url, operator_headers
 
 
 class CommandError(Exception):
@@ -43,9 +44,10 @@ class MailInput:
 
 def _get_json(settings: Settings, path: str) -> dict[str, Any] | None:
     """GET a worker API document; None on 404."""
-    url = f"http://{settings.web_host}:{settings.web_port}{path}"
+    url = f"{local_operator_url(settings)}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        request = urllib.request.Request(url, headers=operator_headers(settings))
+        with urllib.request.urlopen(request, timeout=10) as response:
             data = orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:

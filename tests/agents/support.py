@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from kagoflow.settings import PROJECT_ROOT, Settings
+from kagoflow.web.operator import operator_headers
 from tests.agents.worker_proc import WorkerProcess
 
 T = TypeVar("T")
@@ -30,12 +31,13 @@ def now_ms() -> int:
 
 
 def get_json(worker: WorkerProcess, path: str, **query: object) -> tuple[int, Any]:
-    """(HTTP status, decoded JSON body) of ``GET path?query`` on the worker's web server."""
-    url = f"http://127.0.0.1:{worker.settings.web_port}{path}"
+    """(HTTP status, decoded JSON body) of ``GET path?query`` on the worker's operator server."""
+    url = f"http://127.0.0.1:{worker.settings.operator_port}{path}"
     if query:
         url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
     try:
-        with urllib.request.urlopen(url, timeout=15) as response:
+        request = urllib.request.Request(url, headers=operator_headers(worker.settings))
+        with urllib.request.urlopen(request, timeout=15) as response:
             return response.status, orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
         body = exc.read()

@@ -20,6 +20,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from kagoflow.settings import PROJECT_ROOT, Settings
+from kagoflow.web.operator import operator_headers
 
 
 def free_port() -> int:
@@ -47,6 +48,8 @@ class WorkerProcess:
             topic_prefix=f"t{tag}-",
             data_dir=tmp / "data",
             web_port=free_port(),
+            operator_port=free_port(),
+            local_mode=True,
             rules_dir=rules_dir,
             min_delay_seconds=1,
             state_flush_seconds=0.5,
@@ -58,6 +61,8 @@ class WorkerProcess:
             "KAGOFLOW_TOPIC_PREFIX": settings.topic_prefix,
             "KAGOFLOW_DATA_DIR": str(settings.data_dir),
             "KAGOFLOW_WEB_PORT": str(settings.web_port),
+            "KAGOFLOW_OPERATOR_PORT": str(settings.operator_port),
+            "KAGOFLOW_LOCAL_MODE": "1",
             "KAGOFLOW_PUBLIC_BASE_URL": f"http://127.0.0.1:{settings.web_port}",
             "KAGOFLOW_RULES_DIR": str(rules_dir),
             "KAGOFLOW_MIN_DELAY_SECONDS": "1",
@@ -78,11 +83,12 @@ class WorkerProcess:
         import urllib.request
 
         deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.settings.web_port}/metrics"
+        url = f"http://127.0.0.1:{self.settings.operator_port}/metrics"
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, self.tail()
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                request = urllib.request.Request(url, headers=operator_headers(self.settings))
+                with urllib.request.urlopen(request, timeout=2) as response:
                     if orjson.loads(response.read())["members"]["events"] > 0:
                         return
             except OSError:
@@ -93,7 +99,9 @@ class WorkerProcess:
     def metrics(self) -> dict[str, Any]:
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/metrics", timeout=5) as response:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.settings.operator_port}/metrics",
+                                         headers=operator_headers(self.settings))
+        with urllib.request.urlopen(request, timeout=5) as response:
             data: dict[str, Any] = orjson.loads(response.read())
             return data
 

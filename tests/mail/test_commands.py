@@ -72,7 +72,7 @@ def worker_api() -> Iterator[Settings]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield mail_settings(Settings(), web_host="127.0.0.1", web_port=server.server_address[1])
+    yield mail_settings(Settings(), operator_host="127.0.0.1", operator_port=server.server_address[1])
     server.shutdown()
     server.server_close()
 
@@ -109,7 +109,7 @@ def test_preview_of_a_price_rule_lists_all_watched_products(
 def test_unreachable_worker_and_unknown_rule_are_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = mail_settings(Settings(), web_host="127.0.0.1", web_port=free_port())
+    settings = mail_settings(Settings(), operator_host="127.0.0.1", operator_port=free_port())
     code = commands.preview(
         settings,
         rules_dir=PROJECT_ROOT / "rules",
@@ -119,7 +119,7 @@ def test_unreachable_worker_and_unknown_rule_are_one_line_errors(
     )
     err = capsys.readouterr().err
     assert code == 1
-    assert f"http://127.0.0.1:{settings.web_port}/api/members/m1" in err
+    assert f"http://127.0.0.1:{settings.operator_port}/api/members/m1" in err
     code = commands.preview(
         settings,
         rules_dir=PROJECT_ROOT / "rules",
