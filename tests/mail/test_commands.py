@@ -50,9 +50,18 @@ PRODUCTS = {
 }
 
 
+OPERATOR_TOKEN = "o" * 32
+
+
 class _Api(BaseHTTPRequestHandler):
+    """The worker's operator API as far as the commands use it (it wants the bearer token, as a real one)."""
+
     def do_GET(self) -> None:
         doc: Any = None
+        if self.headers.get("Authorization") != f"Bearer {OPERATOR_TOKEN}":
+            self.send_response(401)
+            self.end_headers()
+            return
         if self.path == "/api/members/m1":
             doc = MEMBER
         elif self.path.startswith("/api/products/"):
@@ -72,7 +81,8 @@ def worker_api() -> Iterator[Settings]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield mail_settings(Settings(), operator_host="127.0.0.1", operator_port=server.server_address[1])
+    yield mail_settings(Settings(), operator_host="127.0.0.1", operator_port=server.server_address[1],
+                        operator_token=OPERATOR_TOKEN)
     server.shutdown()
     server.server_close()
 
