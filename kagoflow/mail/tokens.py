@@ -1,13 +1,15 @@
 """Tracking tokens for open pixels, click redirects and unsubscribe links: encrypted and authenticated.
 
-A token is ``base64url(version, kind, nonce, AES-GCM-SIV(key, payload, aad=version+kind))``, the payload
-a compact JSON array (decision key, member id, rule, send time, click target). Encryption keeps the member id
+A token is ``base64url(version, kind, nonce, AES-256-GCM(key, payload, aad=version+kind))``, the payload a
+compact JSON array (decision key, member id, rule, send time, click target). Encryption keeps the member id
 and the target out of the link (a forwarded mail, a proxy log or a link scanner sees an opaque string); the
 authentication tag makes any altered byte, or a token made with another secret, invalid. Nothing is stored
-server side, so any worker verifies any token. The key is derived from ``KAGOFLOW_TRACKING_SECRET`` with
-HKDF; GCM-SIV keeps a (1 in 2^96) repeated random nonce harmless. Tokens never expire — an unsubscribe
-link in a mail from last year must still work — so links of the former signed-only format (``payload.mac``,
-HMAC-SHA256) still verify; new ones are never made in it.
+server side, so any worker verifies any token. Both keys come from ``KAGOFLOW_TRACKING_SECRET`` (HKDF). The
+nonce is synthetic — HMAC-SHA256 of kind and payload, as in SIV constructions — so equal payloads give equal
+tokens (a resent mail is byte-identical) and different payloads never share a nonce (short of a 96-bit
+collision), with no random source per token. Tokens never expire — an unsubscribe link in a mail from last
+year must still work — so links of the former signed-only format (``payload.mac``, HMAC-SHA256) still
+verify; new ones are never made in it.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import base64
 import binascii
 import functools
 import hmac
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 TokenKind = Literal["open", "click", "unsub"]
@@ -60,20 +61,30 @@ def _unb64(text: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=8)
-def _aead(secret: str) -> AESGCMSIV:
-    """The cipher for ``secret`` (HKDF-SHA256 to a 256-bit key): derived once, ~7 tokens per mail."""
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"kagoflow tracking token v2")
-    return AESGCMSIV(hkdf.derive(secret.encode("utf-8")))
+def _keys(secret: str) -> tuple[AESGCM, hmac.HMAC]:
+    """Cipher and nonce MAC for ``secret`` (HKDF-SHA256 to two 256-bit keys): derived once, ~7 tokens a mail."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=b"kagoflow tracking token v2")
+    okm = hkdf.derive(secret.encode("utf-8"))
+    return AESGCM(okm[:32]), hmac.new(okm[32:], digestmod="sha256")
+
+
+def _nonce(nonce_mac: hmac.HMAC, header: bytes, payload: bytes) -> bytes:
+    mac = nonce_mac.copy()
+    mac.update(header)
+    mac.update(payload)
+    return mac.digest()[:NONCE_BYTES]
 
 
 def sign(token: TrackingToken, *, secret: str) -> str:
-    """The token's text for a link (encrypted; a fresh nonce each time, so equal tokens differ)."""
+    """The token's text for a link (deterministic: the same token content gives the same text)."""
     fields: list[object] = [token.key, token.member_id, token.rule_id, token.sent_ms]
     if token.url is not None:
         fields.append(token.url)
     header = VERSION + _KIND_CODE[token.kind].encode("ascii")
-    nonce = os.urandom(NONCE_BYTES)
-    return _b64(header + nonce + _aead(secret).encrypt(nonce, orjson.dumps(fields), header))
+    payload = orjson.dumps(fields)
+    aead, nonce_mac = _keys(secret)
+    nonce = _nonce(nonce_mac, header, payload)
+    return _b64(header + nonce + aead.encrypt(nonce, payload, header))
 
 
 def verify(text: str, *, secret: str, kind: TokenKind | None = None) -> TrackingToken:
@@ -100,9 +111,16 @@ def _open(text: str, secret: str) -> TrackingToken:
     code = header[1:].decode("latin-1")
     if code not in _CODE_KIND:
         raise InvalidToken()
+    aead, nonce_mac = _keys(secret)
     try:
-        fields = orjson.loads(_aead(secret).decrypt(nonce, sealed, header))
-    except (InvalidTag, orjson.JSONDecodeError):
+        payload = aead.decrypt(nonce, sealed, header)
+    except InvalidTag:
+        raise InvalidToken() from None
+    if not hmac.compare_digest(nonce, _nonce(nonce_mac, header, payload)):  # only tokens ``sign`` makes
+        raise InvalidToken()
+    try:
+        fields = orjson.loads(payload)
+    except orjson.JSONDecodeError:
         raise InvalidToken() from None
     return _token(_CODE_KIND[code], fields)
 
