@@ -15,6 +15,7 @@ import time
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
 from kagoflow.mail.engagement import EngagementSink, engagement_event
@@ -155,7 +156,10 @@ async def _unsubscribe_page(request: web.Request) -> web.Response:
 async def _unsubscribe(request: web.Request) -> web.Response:
     """RFC 8058 one-click: the POST body is ``List-Unsubscribe=One-Click``; effective immediately."""
     token = _token(request, "unsub")
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, HttpProcessingError):  # no form: broken multipart, unknown charset
+        raise web.HTTPBadRequest(text="bad request") from None
     if form.get("List-Unsubscribe") != "One-Click":
         raise web.HTTPBadRequest(text="bad request")
     store = request.app[STORE_KEY]

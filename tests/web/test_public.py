@@ -85,3 +85,16 @@ async def test_malformed_requests_get_a_bare_400(public, request_bytes: bytes) -
     assert head.split(b" ")[1] == b"400", answer
     assert b"server:" not in head.lower()
     assert body == b"bad request"
+
+
+async def test_a_body_that_is_no_form_is_a_bare_400(public) -> None:  # type: ignore[no-untyped-def]
+    base, settings, sink = public
+    links = Links(settings, make_decision("m-form"), sent_ms=0)
+    path = links.unsubscribe_url.removeprefix(settings.public_base_url)
+    async with aiohttp.ClientSession() as http:
+        for body, kind in ((b"--zz\r\nbroken", "multipart/form-data; boundary=zz"),
+                           (b"List-Unsubscribe=One-Click", "application/x-www-form-urlencoded; charset=no-such")):
+            async with http.post(f"{base}{path}", data=body, headers={"Content-Type": kind}) as response:
+                assert response.status == 400, kind
+                assert await response.text() == "bad request"
+    assert sink.events == []
