@@ -44,7 +44,8 @@ def worker(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     rules = tmp / "rules"
     rules.mkdir()
     (rules / "shop.yaml").write_text("timezone: Asia/Tokyo\n")  # no rules: this module is about intake
-    with WorkerProcess.running(stack, tmp, rules_dir=rules) as proc:
+    # no archiver: it reads the same records on its own (tests/archive); here it would only add ClickHouse time
+    with WorkerProcess.running(stack, tmp, rules_dir=rules, archive_enabled=False) as proc:
         yield proc
 
 
