@@ -143,7 +143,7 @@ def test_tombstones_and_wrong_keys_cross_the_link_and_are_parked_before_their_ac
     async def scenario() -> tuple[list[tuple[str, int]], list[dict[str, Any]], MemberState | None]:
         clock = [T0]
         link, server, task = await _pair(clock)
-        table, acked = WorkerTable(), []
+        table, acked = WorkerTable(), list[tuple[str, int]]()
         link.assign({0})
         await link.dump(table)
         link.submit(Event(table, acked, "null"), NAMES.beacons, 0, 0, T0, None, b"m1")

@@ -19,6 +19,7 @@ from kagoflow.core.caps import InMemoryCapStore
 from kagoflow.loading import load_ruleset
 from kagoflow.settings import Settings
 from kagoflow.streams import deadletter
+from kagoflow.worker.engine import RecordingTable
 from kagoflow.worker.processor import MemberProcessor, make_processor
 
 T0 = 1_790_000_000_000
@@ -60,7 +61,7 @@ class Event:
 
 def _processor(outbox: KafkaLikeOutbox, clock: list[int]) -> MemberProcessor:
     settings = Settings(state_flush_seconds=1.0, state_buckets=8)
-    processor = make_processor(settings, load_ruleset(settings), table={}, catalog={},  # type: ignore[arg-type]
+    processor = make_processor(settings, load_ruleset(settings), table=RecordingTable(), catalog={},
                                caps=InMemoryCapStore(), outbox=outbox)
     processor.clock = lambda: clock[0]
     return processor
@@ -90,7 +91,7 @@ BAD: list[tuple[str, bytes | None, bytes | None, str]] = [
 
 def test_every_bad_record_is_parked_and_acked_after_its_copy_while_good_ones_apply() -> None:
     async def scenario() -> tuple[KafkaLikeOutbox, list[int], MemberProcessor]:
-        clock, outbox, acked = [T0], KafkaLikeOutbox(), []
+        clock, outbox, acked = [T0], KafkaLikeOutbox(), list[int]()
         processor = _processor(outbox, clock)
         processor.assign({0})
         offset = 0
@@ -125,7 +126,7 @@ def test_a_dead_letter_kafka_refuses_for_a_while_holds_the_ack_back_but_never_ra
     monkeypatch.setattr(deadletter, "RETRY_FIRST_S", 0.05)
 
     async def scenario() -> tuple[list[int], list[int], KafkaLikeOutbox, MemberProcessor]:
-        clock, outbox, acked = [T0], KafkaLikeOutbox(), []
+        clock, outbox, acked = [T0], KafkaLikeOutbox(), list[int]()
         processor = _processor(outbox, clock)
         processor.assign({0})
         outbox.down = 3
