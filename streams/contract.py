@@ -261,7 +261,7 @@ def check_key(key: bytes | None, record_id: str, field: str) -> None:
     if key is None:
         raise ContractError(f"key: missing (must be the {field} {_short(record_id)})")
     if key != record_id.encode():
-        raise ContractError(f"key: {_short(bytes(key))} is not the {field} {_short(record_id)}")
+        raise ContractError(f"key: {_short(bytes(key[:80]))} is not the {field} {_short(record_id)}")
 
 
 # -- records ---------------------------------------------------------------------------------------
