@@ -217,7 +217,8 @@ async def forward_to_engine(stream: Any, link: EngineLink, table: Any) -> None:
             await link.dump(table)
         if partition in ready:
             apply(partition, table)
-        submit(event, message.topic, partition, message.offset, int(message.timestamp * 1000), message.value)
+        submit(event, message.topic, partition, message.offset, int(message.timestamp * 1000), message.value,
+               message.key)
         if link.batched >= BATCH_EVENTS:
             await link.send_batch()
 

@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace) -> None:
     now = [int(time.time() * 1000)]
     start = now[0]
     beacons = [
-        (orjson.dumps(b), int(str(b["member_id"])[1:]) % PARTITIONS)
+        (orjson.dumps(b), int(str(b["member_id"])[1:]) % PARTITIONS, str(b["member_id"]).encode())
         for b in generate_beacons(members=args.members, events=args.events, seed=args.seed,
                                   start_ms=start - 600_000, span_s=600)
     ]
@@ -87,9 +87,9 @@ async def run(args: argparse.Namespace) -> None:
     began = time.perf_counter()
     if profiler:
         profiler.enable()
-    for offset, (value, partition) in enumerate(beacons):
+    for offset, (value, partition, key) in enumerate(beacons):
         now[0] = start + int(offset * step_ms)
-        await on_event(topic=topic, partition=partition, key=None, value=value, timestamp_ms=now[0],
+        await on_event(topic=topic, partition=partition, key=key, value=value, timestamp_ms=now[0],
                        offset=offset, event=ack)
     if profiler:
         profiler.disable()
@@ -101,7 +101,7 @@ async def run(args: argparse.Namespace) -> None:
           f"({len(beacons) / elapsed:,.0f} events/s)")
     print(f"flushes {metrics.flushes}, states written {metrics.states_written}, buckets written "
           f"{metrics.buckets_written}, table {len(table)} values / {sum(map(len, table.values())) >> 20} MiB "
-          f"/ {stored} members")
+          f"/ {stored} members, dead letters {metrics.dead_letters}")
     if profiler:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)

@@ -9,10 +9,9 @@ fields. The human-readable contract is ``streams/CONTRACT.md``.
 
 from __future__ import annotations
 
-import base64
 import math
 import re
-import time
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
@@ -58,7 +57,12 @@ TS_MIN_MS: Final = 0
 TS_MAX_MS: Final = 4_102_444_800_000
 """2100-01-01T00:00:00Z (exclusive): keeps every time inside ClickHouse ``DateTime`` (UInt32 seconds)."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_REJECTED_CHARS: Final = {"Cc": "control character", "Cf": "format character", "Zl": "line separator",
+                          "Zp": "paragraph separator", "Cs": "surrogate"}
+"""Unicode categories no id or name may contain: C0/C1 controls and DEL, format characters (RTL override,
+zero-width space/joiner, BOM…) that make two ids look alike or reorder a name in a mail, line breaks."""
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.\[\]-]{1,64}")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _EMAIL = re.compile(r"[^@\s<>,;:\"()\[\]\\]+@[^@\s<>,;:\"()\[\]\\]+")
 _LOCALE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -103,9 +107,18 @@ def _text(data: dict[str, Any], field: str, *, max_len: int = MAX_ID, required: 
         raise ContractError(f"{field}: must not be empty")
     if len(value) > max_len:
         raise ContractError(f"{field}: longer than {max_len} characters")
-    if _CONTROL.search(value):
-        raise ContractError(f"{field}: contains control characters")
+    _check_chars(field, value)
     return value
+
+
+def _check_chars(field: str, value: str) -> None:
+    """Reject the first character of a ``_REJECTED_CHARS`` category, naming it and its position. Only
+    reached for values ``str.isprintable`` refused (every rejected category is non-printable)."""
+    for position, char in enumerate(value):
+        if not char.isprintable():
+            kind = _REJECTED_CHARS.get(unicodedata.category(char))
+            if kind is not None:
+                raise ContractError(f"{field}: contains {kind} U+{ord(char):04X} at position {position}")
 
 
 def _req_text(data: dict[str, Any], field: str, *, max_len: int = MAX_ID) -> str:
@@ -207,16 +220,49 @@ def _text_list(data: dict[str, Any], field: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _loads(raw: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+def _loads(raw: bytes | bytearray | memoryview | str | None) -> dict[str, Any]:
+    if raw is None:
+        raise ContractError("record: null value (a tombstone; input topics take no deletes)")
     if len(raw) > MAX_RECORD_BYTES:
         raise ContractError(f"record: larger than {MAX_RECORD_BYTES} bytes")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ContractError(f"record: not valid JSON: {exc}") from None
+        raise _invalid_utf8(raw) or ContractError(f"record: not valid JSON: {exc}") from None
     if type(data) is not dict:
         raise ContractError("record: not a JSON object")
     return cast(dict[str, Any], data)
+
+
+def _invalid_utf8(raw: bytes | bytearray | memoryview | str) -> ContractError | None:
+    """The reason for a record that is not UTF-8 (orjson only says "not valid UTF-8" at position 0): the
+    byte position of the first bad byte and, when it lies in a string value of an object, that field."""
+    if isinstance(raw, str):
+        return None
+    data = bytes(raw)
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError as exc:
+        position = exc.start
+    prefix = data[:position]
+    strings = list(_JSON_STRING.finditer(prefix))
+    last_end = strings[-1].end() if strings else 0
+    opened = prefix.find(b'"', last_end)
+    if strings and opened >= 0 and prefix[last_end:opened].strip() == b":":  # inside the value of a field
+        key = strings[-1].group()[1:-1].decode("utf-8", "replace")
+        if _FIELD_NAME.fullmatch(key):
+            return ContractError(f"{key}: not valid UTF-8 at byte {position}")
+    return ContractError(f"record: not valid JSON: invalid UTF-8 at byte {position}")
+
+
+def check_key(key: bytes | None, record_id: str, field: str) -> None:
+    """The Kafka key must be the record's id (``member_id``; ``product_id`` on ``catalog``): the key chose
+    the partition, and a member's records must all meet in its partition's state."""
+    if key is None:
+        raise ContractError(f"key: missing (must be the {field} {_short(record_id)})")
+    if key != record_id.encode():
+        raise ContractError(f"key: {_short(bytes(key[:80]))} is not the {field} {_short(record_id)}")
 
 
 # -- records ---------------------------------------------------------------------------------------
@@ -421,28 +467,28 @@ def order_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> O
     )
 
 
-def parse_beacon(raw: bytes) -> Beacon:
+def parse_beacon(raw: bytes | None) -> Beacon:
     return new_beacon(*beacon_fields(_loads(raw)))
 
 
-def parse_beacon_fields(raw: bytes) -> BeaconFields:
+def parse_beacon_fields(raw: bytes | None) -> BeaconFields:
     """``parse_beacon`` without the ``Beacon`` object (same validation, same errors)."""
     return beacon_fields(_loads(raw))
 
 
-def parse_member(raw: bytes, *, default_ts: int | None = None) -> MemberUpdate:
+def parse_member(raw: bytes | None, *, default_ts: int | None = None) -> MemberUpdate:
     return member_from_dict(_loads(raw), default_ts=default_ts)
 
 
-def parse_catalog(raw: bytes, *, default_ts: int | None = None) -> CatalogUpdate:
+def parse_catalog(raw: bytes | None, *, default_ts: int | None = None) -> CatalogUpdate:
     return catalog_from_dict(_loads(raw), default_ts=default_ts)
 
 
-def parse_order(raw: bytes, *, default_ts: int | None = None) -> OrderUpdate:
+def parse_order(raw: bytes | None, *, default_ts: int | None = None) -> OrderUpdate:
     return order_from_dict(_loads(raw), default_ts=default_ts)
 
 
-def parse_any(topic: str, raw: bytes, *, default_ts: int | None) -> Record:
+def parse_any(topic: str, raw: bytes | None, *, default_ts: int | None) -> Record:
     """Parse a record of input topic ``topic`` (``beacons``, ``members``, ``catalog``, ``orders``)."""
     if topic == BEACONS:
         return parse_beacon(raw)
@@ -454,23 +500,3 @@ def parse_any(topic: str, raw: bytes, *, default_ts: int | None) -> Record:
         return parse_order(raw, default_ts=default_ts)
     raise ContractError(f"topic: unknown {_short(topic)}")
 
-
-def dlq_envelope(topic: str, partition: int, offset: int, raw: bytes, reason: str, *,
-                 at_ms: int | None = None) -> bytes:
-    """The value produced to ``<topic>.dlq``: the original bytes (base64, plus the text when it is UTF-8)
-    and where they came from, so a fixed record can be re-produced as it was."""
-    try:
-        text: str | None = bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    at = time.time_ns() // 1_000_000 if at_ms is None else at_ms
-    return orjson.dumps({
-        "contract": CONTRACT_VERSION,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "reason": reason,
-        "at": datetime.fromtimestamp(at / 1000, UTC).isoformat(timespec="milliseconds"),
-        "raw_base64": base64.b64encode(raw).decode("ascii"),
-        "raw_text": text,
-    })

@@ -57,9 +57,10 @@ class Topics:
         return (self.beacons, self.members, self.catalog, self.orders)
 
     def all(self) -> tuple[str, ...]:
-        """Every topic the worker needs, dead-letter topics included."""
+        """Every topic the worker needs, dead-letter topics included (also of the catalog triggers: the member
+        path parks any record it fails on, and auto-creation is off on a real cluster)."""
         return (*self.inputs, *(dlq(t) for t in self.inputs), self.mail_decisions, self.engagement,
-                self.ticks, self.catalog_events)
+                self.ticks, self.catalog_events, dlq(self.catalog_events))
 
     def kind(self, topic: str) -> str:
         """The unprefixed name of one of our topics (``'beacons'`` for ``'t1-beacons'``)."""

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from kagoflow.adapters.kafka_admin import partition_count
 from kagoflow.core.catalog import ProductInfo, apply_catalog
 from kagoflow.core.errors import ContractError
-from kagoflow.streams.contract import parse_catalog
+from kagoflow.streams.contract import check_key, parse_catalog
 from kagoflow.streams.topics import DEFAULT
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,10 @@ class CatalogFollower:
     def get(self, product_id: str, /) -> ProductInfo | None:
         return self.products.get(product_id)
 
-    def apply(self, raw: bytes, *, default_ts: int) -> None:
+    def apply(self, raw: bytes | None, *, default_ts: int, key: bytes | None) -> None:
         try:
             update = parse_catalog(raw, default_ts=default_ts)
+            check_key(key, update.product_id, "product_id")
         except ContractError:
             return  # the catalog agent sends it to the DLQ
         info, _ = apply_catalog(self.products.get(update.product_id), update, rules=(), tz=self._tz)
@@ -72,8 +73,7 @@ class CatalogFollower:
             batches = await self._consumer.getmany(timeout_ms=500, max_records=5000)
             for tp, messages in batches.items():
                 for message in messages:
-                    if message.value is not None:
-                        self.apply(message.value, default_ts=message.timestamp)
+                    self.apply(message.value, default_ts=message.timestamp, key=message.key)
                     if tp in remaining and message.offset + 1 >= remaining[tp]:
                         del remaining[tp]
             if not remaining and not self.caught_up.is_set():

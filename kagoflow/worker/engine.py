@@ -132,8 +132,8 @@ class EngineServer:
 
     async def _events(self, payload: memoryview) -> None:
         on_event, topics, acks = self.processor.on_event, self.topics, self.acks
-        for topic, partition, offset, timestamp_ms, value in frames.decode_events(payload):
-            await on_event(topic=topics[topic], partition=partition, key=None, value=value,
+        for topic, partition, offset, timestamp_ms, key, value in frames.decode_events(payload):
+            await on_event(topic=topics[topic], partition=partition, key=key, value=value,
                            timestamp_ms=timestamp_ms, offset=offset, event=_SeqAck(acks, partition, self.seq))
             self.seq += 1
         writes = self.table.take_writes()

@@ -116,11 +116,10 @@ class EngineLink:
 
     # -- records -----------------------------------------------------------------------------------
     def submit(self, event: Ackable, topic: str, partition: int, offset: int, timestamp_ms: int,
-               value: bytes) -> None:
-        """Queue one record for the engine (sent in the next frame)."""
-        parts = self._parts
-        parts.append(frames.EVENT.pack(self._topic_index[topic], partition, offset, timestamp_ms, len(value)))
-        parts.append(value)
+               value: bytes | None, key: bytes | None) -> None:
+        """Queue one record for the engine (sent in the next frame); null keys and values (tombstones)
+        pass as they are: the engine dead-letters what breaks the contract."""
+        self._parts += frames.encode_event(self._topic_index[topic], partition, offset, timestamp_ms, key, value)
         queue = self._unacked.get(partition)
         if queue is None:
             queue = self._unacked[partition] = deque()

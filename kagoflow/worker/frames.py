@@ -2,8 +2,9 @@
 
 Every frame is ``u32 length | u8 type | payload`` (length counts type + payload). Worker → engine:
 
-- ``E`` events: repeated ``u8 topic index | u16 partition | u64 offset | i64 timestamp ms | u32 length |
-  value``; the engine numbers events in arrival order from 0 (the worker's sequence numbers are the same).
+- ``E`` events: repeated ``u8 topic index | u16 partition | u64 offset | i64 timestamp ms | u32 key length |
+  u32 value length | key | value`` (length ``NULL`` = a null key / value, no bytes); the engine numbers events
+  in arrival order from 0 (the worker's sequence numbers are the same).
 - ``K`` stored buckets: repeated ``u32 key length | key | u32 value length | value`` (sent before ``A``).
 - ``A`` assign / ``R`` revoke: ``u16 count | u16 partitions``.
 - ``Q`` query: ``u32 request id | u8 what (s = member state, m = metrics) | argument bytes``.
@@ -25,7 +26,9 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 
 HEADER = struct.Struct(">IB")
-EVENT = struct.Struct(">BHQqI")
+EVENT = struct.Struct(">BHQqII")
+NULL = 0xFFFFFFFF
+"""Length of a null key or value (a Kafka tombstone must reach the engine, which dead-letters it)."""
 ITEM_LEN = struct.Struct(">I")
 PARTITIONS = struct.Struct(">H")
 QUERY = struct.Struct(">IB")
@@ -35,8 +38,8 @@ ACK = struct.Struct(">HQ")
 
 EVENTS, BUCKETS, ASSIGN, REVOKE, QUERY_T, RESULTS, REPLY_T = (ord(c) for c in "EKARQWP")
 
-Event = tuple[int, int, int, int, bytes]
-"""(topic index, partition, offset, timestamp ms, value)."""
+Event = tuple[int, int, int, int, bytes | None, bytes | None]
+"""(topic index, partition, offset, timestamp ms, key, value)."""
 
 
 def frame(kind: int, payload: bytes) -> bytes:
@@ -68,14 +71,29 @@ def decode_items(payload: memoryview, offset: int = 0,
     return out, offset
 
 
+def encode_event(topic: int, partition: int, offset: int, timestamp_ms: int, key: bytes | None,
+                 value: bytes | None) -> tuple[bytes, ...]:
+    """One event's parts (joined into an ``E`` payload by the caller)."""
+    head = EVENT.pack(topic, partition, offset, timestamp_ms, NULL if key is None else len(key),
+                      NULL if value is None else len(value))
+    return head, key or b"", value or b""
+
+
 def decode_events(payload: memoryview) -> Iterator[Event]:
     unpack = EVENT.unpack_from
     size = EVENT.size
     offset, end = 0, len(payload)
     while offset < end:
-        topic, partition, record_offset, ts, length = unpack(payload, offset)
+        topic, partition, record_offset, ts, key_length, length = unpack(payload, offset)
         offset += size
-        yield topic, partition, record_offset, ts, bytes(payload[offset:offset + length])
+        key = None
+        if key_length != NULL:
+            key = bytes(payload[offset:offset + key_length])
+            offset += key_length
+        if length == NULL:
+            yield topic, partition, record_offset, ts, key, None
+            continue
+        yield topic, partition, record_offset, ts, key, bytes(payload[offset:offset + length])
         offset += length
 
 

@@ -31,8 +31,8 @@ from kagoflow.core.events import Beacon, MemberUpdate, OrderUpdate
 from kagoflow.core.rules import RuleSet
 from kagoflow.core.watchindex import WatchIndex
 from kagoflow.settings import Settings
-from kagoflow.streams import contract
-from kagoflow.streams.topics import Topics, dlq
+from kagoflow.streams import contract, deadletter
+from kagoflow.streams.topics import Topics
 from kagoflow.worker import buckets
 from kagoflow.worker.book import PartitionBook, StateCache
 
@@ -93,6 +93,8 @@ class Metrics:
     events: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    dead_letter_failures: int = 0
+    """Failed attempts to produce a dead letter (each is retried until Kafka has it)."""
     decisions: dict[str, int] = field(default_factory=dict)
     flushes: int = 0
     states_written: int = 0
@@ -105,6 +107,7 @@ class Metrics:
             "events": self.events,
             "duplicates": self.duplicates,
             "dead_letters": self.dead_letters,
+            "dead_letter_failures": self.dead_letter_failures,
             "decisions": dict(self.decisions),
             "flushes": self.flushes,
             "states_written": self.states_written,
@@ -196,8 +199,8 @@ class MemberProcessor:
         return book
 
     # -- entry point -------------------------------------------------------------------------------
-    async def on_event(self, *, topic: str, partition: int, key: bytes | None, value: bytes, timestamp_ms: int,
-                       offset: int, event: Ackable) -> None:
+    async def on_event(self, *, topic: str, partition: int, key: bytes | None, value: bytes | None,
+                       timestamp_ms: int, offset: int, event: Ackable) -> None:
         """Handle one record; never raises on data (bad records go to ``<topic>.dlq``)."""
         book = self.books.get(partition) or self.book(partition)
         self._partition = partition
@@ -211,18 +214,19 @@ class MemberProcessor:
         try:
             kind = self._kinds.get(topic) or self._kinds.setdefault(topic, self.names.kind(topic))
             if kind == "beacons":
-                decisions = self._on_member_record(kind, value, timestamp_ms, partition, offset)
+                decisions = self._on_member_record(kind, key, value, timestamp_ms, partition, offset)
             elif kind == "kagoflow-ticks":
                 budget = IDLE_FLUSH_BUDGET_S
             elif kind == "kagoflow-catalog-events":
                 await self._on_trigger(book, value, now)
             else:
-                decisions = self._on_member_record(kind, value, timestamp_ms, partition, offset)
+                decisions = self._on_member_record(kind, key, value, timestamp_ms, partition, offset)
         except ContractError as exc:
-            await self._dead_letter(book, topic, partition, offset, value, exc.reason)
+            await self._dead_letter(book, topic, partition, offset, key, value, exc.reason)
         except Exception as exc:  # a bug must not kill the worker or lose the record: park it
             log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
-            await self._dead_letter(book, topic, partition, offset, value, f"internal: {type(exc).__name__}: {exc}")
+            await self._dead_letter(book, topic, partition, offset, key, value,
+                                    f"internal: {type(exc).__name__}: {exc}")
         if book.due and book.due[0][0] <= now:
             decisions += self._fire_due(partition, now)
         if decisions:
@@ -232,7 +236,7 @@ class MemberProcessor:
 
     # -- record kinds ------------------------------------------------------------------------------
     def _on_member_record(
-        self, kind: str, value: bytes, timestamp_ms: int, partition: int, offset: int
+        self, kind: str, key: bytes | None, value: bytes | None, timestamp_ms: int, partition: int, offset: int
     ) -> list[Decision]:
         record: Beacon | MemberUpdate | OrderUpdate
         if kind == "beacons":
@@ -243,6 +247,8 @@ class MemberProcessor:
             record = contract.parse_order(value, default_ts=timestamp_ms)
         else:
             raise ContractError(f"topic: not a member topic {kind!r}")
+        if key != record.member_id.encode():  # the key chose the partition whose state holds the member
+            contract.check_key(key, record.member_id, "member_id")
         state = self.cache.get(record.member_id)
         # Profiles and orders carry no event id: their offset identifies them, so a record replayed after a
         # crash (state flushed, offset not yet committed) is not applied twice. "\x00" never occurs in an id.
@@ -255,13 +261,15 @@ class MemberProcessor:
         self._after_change(partition, state, state.touched)
         return decisions
 
-    async def _on_trigger(self, book: PartitionBook[MemberState, Ackable], value: bytes, now: int) -> None:
+    async def _on_trigger(self, book: PartitionBook[MemberState, Ackable], value: bytes | None, now: int) -> None:
         """A price/stock trigger for this partition's watchers of one product.
 
         Immediate rules are decided here and emitted in chunks (a trigger may concern 200k members: the
         chunks bound the memory a fan-out holds at once); timed ones become pending mails in the members'
         states and fire from the due heap.
         """
+        if value is None:
+            return  # not ours (the catalog agent produces every trigger with a value)
         trigger = PriceTrigger.from_json(orjson.loads(value))
         rule = self.ruleset.by_id.get(trigger.rule_id)
         if rule is None:
@@ -340,12 +348,17 @@ class MemberProcessor:
         book.in_flight += await self.outbox.send_many(self.names.mail_decisions, records, partition=book.partition)
 
     async def _dead_letter(
-        self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int, value: bytes,
-        reason: str,
+        self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int,
+        key: bytes | None, value: bytes | None, reason: str,
     ) -> None:
+        """Park the record in ``<topic>.dlq``; the partition's next acks wait until Kafka has it (a failed
+        produce is retried, never raised: see ``kagoflow.streams.deadletter``)."""
         self.metrics.dead_letters += 1
-        envelope = contract.dlq_envelope(topic, partition, offset, value, reason)
-        book.in_flight.append(await self.outbox.send(dlq(topic), key=None, value=envelope))
+        book.in_flight.append(asyncio.ensure_future(deadletter.park(
+            self.outbox, topic, partition, offset, key, value, reason, on_retry=self._dead_letter_failed)))
+
+    def _dead_letter_failed(self, exc: BaseException) -> None:
+        self.metrics.dead_letter_failures += 1
 
     async def _flush_step(self, book: PartitionBook[MemberState, Ackable], now: int, *, budget_s: float) -> None:
         """Advance the partition's flush by some buckets; ack its events once all its buckets are written.

@@ -93,11 +93,11 @@ def test_records_are_acked_in_order_only_after_their_buckets_are_stored() -> Non
         link.assign({0})
         await link.dump(table)
         for n in range(5):
-            link.submit(Event(table, acked, f"r{n}"), NAMES.beacons, 0, n, T0 + n, beacon(n, "m1"))
+            link.submit(Event(table, acked, f"r{n}"), NAMES.beacons, 0, n, T0 + n, beacon(n, "m1"), b"m1")
         await _settle(link, 0, table)
         assert acked == []  # no flush yet: nothing may be acked
         clock[0] += 2_000  # past the flush interval: the next record (a tick) flushes and acks
-        link.submit(Event(table, acked, "tick"), NAMES.ticks, 0, 0, clock[0], b'{"now_ms": 0}')
+        link.submit(Event(table, acked, "tick"), NAMES.ticks, 0, 0, clock[0], b'{"now_ms": 0}', None)
         await _settle(link, 0, table)
         state = MemberState.from_bytes(raw) if (raw := await link.query("s", b"m1")) else None
         await link.stop()
@@ -120,10 +120,10 @@ def test_results_made_before_a_reassignment_never_reach_the_table() -> None:
         link.assign({1})
         await link.dump(table)
         for n in range(3):
-            link.submit(Event(table, acked, f"old{n}"), NAMES.beacons, 1, n, T0 + n, beacon(n, "m2"))
+            link.submit(Event(table, acked, f"old{n}"), NAMES.beacons, 1, n, T0 + n, beacon(n, "m2"), b"m2")
         await _settle(link, 1, table)
         clock[0] += 2_000  # the tick flushes; the link takes no turn of the loop before the reassignment
-        link.submit(Event(table, acked, "tick"), NAMES.ticks, 1, 0, clock[0], b"{}")
+        link.submit(Event(table, acked, "tick"), NAMES.ticks, 1, 0, clock[0], b"{}", None)
         await link.send_batch()
         await link.revoke({1})  # before the worker stored anything: the flush's results are stale now
         link.assign({1})
@@ -137,3 +137,34 @@ def test_results_made_before_a_reassignment_never_reach_the_table() -> None:
     table, acked, metrics = asyncio.run(scenario())
     assert metrics["members"]["events"] == 4 and metrics["members"]["flushes"] == 1 and metrics["archive"] is None
     assert table == {} and acked == []  # replayed by Kafka instead: unacked, unstored
+
+
+def test_tombstones_and_wrong_keys_cross_the_link_and_are_parked_before_their_ack() -> None:
+    async def scenario() -> tuple[list[tuple[str, int]], list[dict[str, Any]], MemberState | None]:
+        clock = [T0]
+        link, server, task = await _pair(clock)
+        table, acked = WorkerTable(), list[tuple[str, int]]()
+        link.assign({0})
+        await link.dump(table)
+        link.submit(Event(table, acked, "null"), NAMES.beacons, 0, 0, T0, None, b"m1")
+        link.submit(Event(table, acked, "nokey"), NAMES.members, 0, 1, T0, None, None)
+        link.submit(Event(table, acked, "wrong"), NAMES.beacons, 0, 2, T0, beacon(2, "m1"), b"m3")
+        link.submit(Event(table, acked, "good"), NAMES.beacons, 0, 3, T0, beacon(3, "m1"), b"m1")
+        await _settle(link, 0, table)
+        clock[0] += 2_000
+        link.submit(Event(table, acked, "tick"), NAMES.ticks, 0, 0, clock[0], None, None)
+        await _settle(link, 0, table)
+        assert not task.done(), task.exception()
+        state = MemberState.from_bytes(raw) if (raw := await link.query("s", b"m1")) else None
+        await link.stop()
+        task.cancel()
+        outbox = server.processor.outbox
+        assert isinstance(outbox, Outbox)
+        return acked, [orjson.loads(value) for topic, value in outbox.records if topic.endswith(".dlq")], state
+
+    acked, letters, state = asyncio.run(scenario())
+    assert [name for name, _ in acked] == ["null", "nokey", "wrong", "good", "tick"]
+    assert [(letter["offset"], letter["reason"][:18]) for letter in letters] == [
+        (0, "record: null value"), (1, "record: null value"), (2, "key: b'm3' is not ")]
+    assert letters[0]["key_text"] == "m1" and letters[1]["key_base64"] is None
+    assert state is not None and set(state.products) == {"p1"}

@@ -23,9 +23,14 @@ def _read_all(data: bytes, chunk: int) -> list[tuple[int, bytes]]:
     return asyncio.run(scenario())
 
 
-def test_events_round_trip_in_order_with_empty_and_binary_values() -> None:
-    events = [(0, 3, 2**40, 1_790_000_000_123, b'{"a":1}'), (4, 0, 0, -5, b""), (2, 65535, 7, 0, bytes(range(256)))]
-    payload = b"".join(frames.EVENT.pack(t, p, o, ts, len(v)) + v for t, p, o, ts, v in events)
+def test_events_round_trip_in_order_with_empty_null_binary_and_huge_keys_and_values() -> None:
+    events: list[frames.Event] = [
+        (0, 3, 2**40, 1_790_000_000_123, b"m1", b'{"a":1}'), (4, 0, 0, -5, None, b""),
+        (2, 65535, 7, 0, b"", bytes(range(256))),
+        (1, 2, 8, 9, b"m2", None),  # a tombstone: must reach the engine as null, not as b""
+        (0, 1, 9, 10, None, None), (3, 0, 10, 11, b"k" * 1_000_000, b"v" * 1_048_576),
+    ]
+    payload = b"".join(b"".join(frames.encode_event(*event)) for event in events)
     assert list(frames.decode_events(memoryview(payload))) == events
 
 
