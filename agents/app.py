@@ -112,7 +112,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     link = EngineLink(topics=engine_topics(names), env={**os.environ, **to_env(settings)}) \
         if settings.engine_process else None
     member_topics = app.topic(
-        names.beacons, names.members, names.orders, names.ticks, names.catalog_events,
+        *engine_topics(names),  # one list for both processes: the engine link indexes topics by position
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
     )
     ticks = app.topic(names.ticks, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)

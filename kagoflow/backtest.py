@@ -5,8 +5,8 @@ advances to the record's ``ts``, firing every member's due at or before it in du
 ``ts`` fires first); then the record is handled; after the last record the clock runs on until nothing is
 pending. Caps go through ``caps.apply_caps`` with an ``InMemoryCapStore`` exactly as the worker uses Redis.
 
-``run_backtest`` merges the input files in ``ts`` order (ties: members, catalog, orders, beacons, then
-input order) as a stream: files that are already in ``ts`` order (the normal case) are never held in
+``run_backtest`` merges the input files in ``ts`` order (ties: members, catalog, orders, engagement, beacons,
+then input order) as a stream: files that are already in ``ts`` order (the normal case) are never held in
 memory; a file that is not is sorted in memory first.
 """
 
@@ -129,13 +129,15 @@ class Replay:
 
 
 # -- input files ------------------------------------------------------------------------------------------
-_KIND_ORDER = {"members": 0, "catalog": 1, "orders": 2, "beacons": 3}
+_KIND_ORDER = {"members": 0, "catalog": 1, "orders": 2, "engagement": 3, "beacons": 4}
 _TS = re.compile(rb'"ts"\s*:\s*(?:"([^"]*)"|(-?\d+))')
 
 
-def _parser(kind: str) -> Callable[[bytes], Record]:
+def _parser(kind: str) -> Callable[[bytes], Record | None]:
     from kagoflow.streams import contract
 
+    if kind == "engagement":
+        return contract.parse_engagement
     if kind == "beacons":
         return contract.parse_beacon
     if kind == "members":
@@ -157,6 +159,8 @@ def _records(path: Path, kind: str) -> Iterator[tuple[int, int, int, Record]]:
                 record = parse(line)
             except ContractError as exc:
                 raise ContractError(f"{path}:{number}: {exc.reason}") from None
+            if record is None:  # an engagement line that changes no member state (a delivery result)
+                continue
             yield record.ts, rank, number, record
 
 
@@ -208,6 +212,7 @@ def run_backtest(
     members: Path | None = None,
     catalog: Path | None = None,
     orders: Path | None = None,
+    engagement: Path | None = None,
     out: Path | None = None,
     progress: bool = True,
     settings: Settings | None = None,
@@ -219,7 +224,7 @@ def run_backtest(
         settings = Settings.from_env()
     rules = load_rules(rules_dir, min_delay_seconds=settings.min_delay_seconds)
     files = {kind: path for kind, path in (("members", members), ("catalog", catalog), ("orders", orders),
-                                            ("beacons", beacons)) if path is not None}
+                                            ("engagement", engagement), ("beacons", beacons)) if path is not None}
     records, total = merged_records(files)
     counts: Counter[tuple[str, str]] = Counter()
     if out is None:

@@ -22,11 +22,14 @@ from kagoflow.core.errors import ContractError
 from kagoflow.core.events import (
     BEACON_TYPES,
     DEVICES,
+    ENGAGEMENT_EVENTS,
     PRODUCT_BEACON_TYPES,
     Beacon,
     BeaconType,
     CatalogUpdate,
     Device,
+    Engagement,
+    EngagementEvent,
     MemberUpdate,
     OrderItem,
     OrderUpdate,
@@ -439,6 +442,41 @@ def parse_catalog(raw: bytes, *, default_ts: int | None = None) -> CatalogUpdate
 
 def parse_order(raw: bytes, *, default_ts: int | None = None) -> OrderUpdate:
     return order_from_dict(_loads(raw), default_ts=default_ts)
+
+
+def engagement_from_dict(data: dict[str, Any]) -> Engagement | None:
+    """An ``engagement`` record (SPEC §12): ``{"member_id", "event", "rule", "step", "ts", "suspected_bot"}``.
+
+    The live topic also carries the mail system's own shape (``kagoflow.mail.engagement``: ``type`` for
+    ``event``, ``at_ms`` for ``ts``, plus ``key``) and its delivery results; a ``delivery`` record becomes a
+    ``bounce`` when it failed with a bounce, and is of no interest to the member state otherwise (None).
+    """
+    member_id = _req_text(data, "member_id")
+    event = data.get("event", data.get("type"))
+    if event == "delivery":
+        detail = data.get("detail")
+        if data.get("status") != "failed" or not (isinstance(detail, str) and detail.startswith("bounce")):
+            return None
+        event = "bounce"
+    if event not in ENGAGEMENT_EVENTS:
+        raise ContractError(f"event: must be one of open, click, unsubscribe (got {_short(event)})")
+    ts = _ts(data, "ts", required=False)
+    if ts is None:
+        ts = cast(int, _ts(data, "at_ms", required=True))
+    step = _int(data, "step", minimum=0, maximum=99, required=False) or 0
+    return Engagement(
+        member_id=member_id,
+        event=cast(EngagementEvent, event),
+        ts=ts,
+        rule=_text(data, "rule", required=False) or "",
+        step=step,
+        suspected_bot=bool(_bool(data, "suspected_bot", required=False)),
+        key=_text(data, "key", max_len=4 * MAX_ID, required=False),
+    )
+
+
+def parse_engagement(raw: bytes) -> Engagement | None:
+    return engagement_from_dict(_loads(raw))
 
 
 def parse_any(topic: str, raw: bytes, *, default_ts: int | None) -> Record:

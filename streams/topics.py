@@ -59,6 +59,7 @@ class Topics:
     def all(self) -> tuple[str, ...]:
         """Every topic the worker needs, dead-letter topics included."""
         return (*self.inputs, *(dlq(t) for t in self.inputs), self.mail_decisions, self.engagement,
+                dlq(self.engagement),  # the member partitions read engagement too (bad records park here)
                 self.ticks, self.catalog_events)
 
     def kind(self, topic: str) -> str:

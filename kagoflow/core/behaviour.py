@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
-from kagoflow.core.events import Beacon, MemberUpdate, OrderUpdate
+from kagoflow.core.events import Beacon, Engagement, MemberUpdate, OrderUpdate
 
 ProductStateName = Literal["cart", "favorite", "view"]
 
@@ -107,6 +107,7 @@ class MemberState:
 
     __slots__ = (
         "beacon_device",
+        "bounced",
         "due_cache",
         "email",
         "episodes",
@@ -123,6 +124,7 @@ class MemberState:
         "profile_device",
         "purchase_base",
         "recent_events",
+        "runs",
         "touched",
         "unsubscribed",
     )
@@ -146,6 +148,11 @@ class MemberState:
         self.orders_after_base = 0
         """Distinct orders first seen after the latest profile record carrying ``purchase_count``."""
         self.unsubscribed = False
+        """Sticky (SPEC §11/§12): set by an ``unsubscribe`` engagement record; no marketing mail after it."""
+        self.bounced = False
+        """Sticky: a permanent delivery failure to the member's address (a ``bounce`` engagement record)."""
+        self.runs: dict[str, Any] = {}
+        """Scenario runs, owned by ``kagoflow.core.scenario`` (opaque here, JSON-able)."""
         self.recent_events: dict[str, None] = {}
         """Ordered set of the latest ``DEDUP_WINDOW`` beacon event ids."""
         self.episodes: dict[str, tuple[int, int | None]] = {}
@@ -185,7 +192,7 @@ class MemberState:
     # -- serialization -------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         products = self.products
-        return orjson.dumps({
+        raw = {
             "v": FORMAT_VERSION,
             "m": self.member_id,
             # inline slot reads: ~3x faster than a method or ``attrgetter`` call per product
@@ -204,7 +211,13 @@ class MemberState:
             "ep": self.episodes,
             "pw": self.price_watch,
             "pt": self.partition,
-        })
+        }
+        # format 1 additions: optional keys, written only when set (older states lack them; read with defaults)
+        if self.bounced:
+            raw["bo"] = True
+        if self.runs:
+            raw["sc"] = self.runs
+        return orjson.dumps(raw)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MemberState:
@@ -232,6 +245,10 @@ class MemberState:
             state.episodes = {rule: (episode[0], episode[1]) for rule, episode in episodes.items()}
         state.price_watch = raw["pw"]
         state.partition = raw["pt"]
+        state.bounced = raw.get("bo", False)
+        runs = raw.get("sc")
+        if runs:
+            state.runs = runs
         return state
 
 
@@ -243,6 +260,8 @@ def consent_reason(state: MemberState) -> str | None:
         return "no_consent"
     if state.unsubscribed:
         return "unsubscribed"
+    if state.bounced:
+        return "bounced"
     return None
 
 
@@ -351,6 +370,16 @@ def apply_member(state: MemberState, update: MemberUpdate) -> None:
     if update.purchase_count is not None:
         state.purchase_base = update.purchase_count
         state.orders_after_base = 0
+    state.touched = ()
+
+
+def apply_engagement(state: MemberState, record: Engagement) -> None:
+    """Unsubscribes and bounces reach the member's (changelogged) state: from ``record.ts`` on, every
+    marketing mail of the member is ``suppressed``. Opens and clicks are the scenario program's business."""
+    if record.event == "unsubscribe":
+        mark_unsubscribed(state)
+    elif record.event == "bounce":
+        state.bounced = True
     state.touched = ()
 
 

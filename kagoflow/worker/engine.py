@@ -40,8 +40,10 @@ log = logging.getLogger("kagoflow.engine")
 
 
 def member_topics(names: Topics) -> list[str]:
-    """The topics the member agent reads, in the order both processes index them."""
-    return [names.beacons, names.members, names.orders, names.ticks, names.catalog_events]
+    """The topics the member agent reads, in the order both processes index them (new topics go last).
+    ``engagement`` is co-partitioned with the member topics (key = member id): unsubscribes, bounces, opens
+    and clicks reach the member's state (SPEC §12)."""
+    return [names.beacons, names.members, names.orders, names.ticks, names.catalog_events, names.engagement]
 
 
 def metrics_document(processor: MemberProcessor, archiver: Any) -> dict[str, Any]:

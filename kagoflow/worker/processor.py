@@ -27,7 +27,7 @@ from kagoflow.core.catalog import CatalogLookup, PriceTrigger
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
-from kagoflow.core.events import Beacon, MemberUpdate, OrderUpdate
+from kagoflow.core.events import Beacon, MemberRecord
 from kagoflow.core.rules import RuleSet
 from kagoflow.core.watchindex import WatchIndex
 from kagoflow.settings import Settings
@@ -234,13 +234,17 @@ class MemberProcessor:
     def _on_member_record(
         self, kind: str, value: bytes, timestamp_ms: int, partition: int, offset: int
     ) -> list[Decision]:
-        record: Beacon | MemberUpdate | OrderUpdate
+        record: MemberRecord | None
         if kind == "beacons":
             record = contract.parse_beacon(value)
         elif kind == "members":
             record = contract.parse_member(value, default_ts=timestamp_ms)
         elif kind == "orders":
             record = contract.parse_order(value, default_ts=timestamp_ms)
+        elif kind == "engagement":
+            record = contract.parse_engagement(value)
+            if record is None:  # a delivery result that changes nothing in the member's state
+                return []
         else:
             raise ContractError(f"topic: not a member topic {kind!r}")
         state = self.cache.get(record.member_id)
