@@ -26,6 +26,8 @@ import orjson
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.caps import InMemoryCapStore, apply_caps
 from kagoflow.core.catalog import ProductInfo, apply_catalog
+from kagoflow.core.couponing import CouponStep, IssuedCoupon
+from kagoflow.core.coupons import MemoryCouponPool
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from kagoflow.settings import Settings
 
 STATUSES = ("sent", "capped", "suppressed", "skipped")
+RUN_ON_DAYS = 400
+"""SPEC §13: after the last record the clock runs on until nothing is pending or for at most 400 days."""
 PROGRESS_EVERY = 20_000
 """Records between progress updates (on a terminal: one redrawn line; otherwise: one line per 20 updates)."""
 
@@ -44,9 +48,12 @@ PROGRESS_EVERY = 20_000
 class Replay:
     """Virtual-clock driver of ``Engine`` over a merged record stream; holds all member states in memory."""
 
-    def __init__(self, rules: RuleSet) -> None:
+    def __init__(self, rules: RuleSet, *, secret: str = "backtest") -> None:
         self.engine = Engine(rules)
         self.shop = rules.shop
+        self.coupons = CouponStep(rules.by_id.values(), pool=MemoryCouponPool(rules.coupon_pools),
+                                  secret=secret, tz=rules.shop.timezone)
+        self.issued: list[IssuedCoupon] = []
         self.states: dict[str, MemberState] = {}
         self.catalog: dict[str, ProductInfo] = {}
         self.caps = InMemoryCapStore()
@@ -80,9 +87,12 @@ class Replay:
         return out
 
     async def advance(self, until_ms: int | None = None) -> list[Decision]:
-        """Fire every member's due at or before ``until_ms`` (None: until nothing is pending)."""
+        """Fire every member's due at or before ``until_ms`` (None: until nothing is pending, at most
+        ``RUN_ON_DAYS`` after the clock — date rules are always pending)."""
         out: list[Decision] = []
         heap = self._heap
+        if until_ms is None and self.clock is not None:
+            until_ms = self.clock + RUN_ON_DAYS * 86_400_000
         while heap and (until_ms is None or heap[0][0] <= until_ms):
             due, _, member_id = heapq.heappop(heap)
             if self._scheduled.get(member_id) != due:
@@ -108,7 +118,15 @@ class Replay:
             heapq.heappush(self._heap, (due, self._seq, member_id))
 
     async def _caps(self, decisions: list[Decision]) -> list[Decision]:
-        return await apply_caps(decisions, self.caps, limits=self.shop.caps, tz=self.shop.timezone)
+        """Caps, then coupons (SPEC §14 fine points: caps → holdout → coupon)."""
+        capped = await apply_caps(decisions, self.caps, limits=self.shop.caps, tz=self.shop.timezone)
+        final, issued = await self.coupons.apply(capped, self.states.get)
+        if issued:
+            self.issued.extend(issued)
+        for decision in final:
+            if decision.status == "skipped" and decision.reason == "coupon_pool_empty":
+                self._schedule(self.states[decision.member_id])  # the reopened episode may be due again
+        return final
 
     def _apply_catalog(self, update: CatalogUpdate) -> None:
         prev = self.catalog.get(update.product_id)
@@ -227,11 +245,14 @@ def run_backtest(
                                             ("engagement", engagement), ("beacons", beacons)) if path is not None}
     records, total = merged_records(files)
     counts: Counter[tuple[str, str]] = Counter()
+    secret = settings.tracking_secret
     if out is None:
-        stats = asyncio.run(_run(rules, records, sys.stdout.buffer, counts, total=total, progress=progress))
+        stats = asyncio.run(_run(rules, records, sys.stdout.buffer, counts, total=total, progress=progress,
+                                 secret=secret))
     else:
         with out.open("wb") as sink:
-            stats = asyncio.run(_run(rules, records, sink, counts, total=total, progress=progress))
+            stats = asyncio.run(_run(rules, records, sink, counts, total=total, progress=progress,
+                                     secret=secret))
     _summary(rules, counts, records=stats)
     return 0
 
@@ -244,8 +265,9 @@ async def _run(
     *,
     total: int,
     progress: bool,
+    secret: str = "backtest",
 ) -> int:
-    replay = Replay(rules)
+    replay = Replay(rules, secret=secret)
     bar = _Progress(total) if progress and total >= PROGRESS_EVERY else None
     dumps = orjson.dumps
     seen = 0

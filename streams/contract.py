@@ -13,7 +13,7 @@ import base64
 import math
 import re
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, cast
 
 import orjson
@@ -360,7 +360,39 @@ def member_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> 
         device=_device(data),
         locale=locale,
         purchase_count=_int(data, "purchase_count", minimum=0, maximum=2**31 - 1, required=False),
+        total_amount=_money(data, "total_amount", required=False),
+        first_purchase_at=_ts(data, "first_purchase_at", required=False),
+        last_purchase_at=_ts(data, "last_purchase_at", required=False),
+        birthday=_birthday(data),
+        gender=_gender(data),
+        registered_at=_ts(data, "registered_at", required=False),
     )
+
+
+_GENDERS = ("female", "male", "other")
+
+
+def _birthday(data: dict[str, Any]) -> str | None:
+    """``YYYY-MM-DD``, a real calendar date (SPEC §13); anything else sends the record to the DLQ."""
+    value = data.get("birthday")
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str) or len(value) != 10:
+            raise ValueError(value)
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ContractError(f"birthday: not a date YYYY-MM-DD: {_short(value)}") from None
+    if day.year < 1900:
+        raise ContractError(f"birthday: before 1900: {value}")
+    return value
+
+
+def _gender(data: dict[str, Any]) -> str | None:
+    value = data.get("gender")
+    if value is not None and value not in _GENDERS:
+        raise ContractError(f"gender: must be female, male or other: {_short(value)}")
+    return cast(str | None, value)
 
 
 def catalog_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> CatalogUpdate:

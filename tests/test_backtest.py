@@ -73,7 +73,8 @@ def test_decision_lines(rules_dir: Path, tmp_path: Path, capsys: pytest.CaptureF
     decisions = run(rules_dir, tmp_path, beacons=beacons, members=members, catalog=catalog)
 
     m1 = "m1|{}|1795482000000"  # 2026-11-24T10:00+09:00, the opening action
-    common = {"member_id": "m1", "products": ["A"], "episode": "1795482000000", "sender_name": "Shop"}
+    common = {"member_id": "m1", "products": ["A"], "episode": "1795482000000", "sender_name": "Shop",
+              "variant": "", "coupon_expires": None}
     assert [{k: d[k] for k in ("member_id", "rule", "status", "at")} for d in decisions] == [
         {"member_id": "m1", "rule": "drop", "status": "sent", "at": "2026-11-24T01:30:00+00:00"},
         {"member_id": "m2", "rule": "cart-1h", "status": "suppressed", "at": "2026-11-24T02:05:00+00:00"},

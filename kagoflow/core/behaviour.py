@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 import orjson
 
+from kagoflow.core import customer as cust
 from kagoflow.core.events import Beacon, Engagement, MemberUpdate, OrderUpdate
+from kagoflow.core.segments import DEFAULT_CANCELLED
 
 ProductStateName = Literal["cart", "favorite", "view"]
 
@@ -108,6 +110,7 @@ class MemberState:
     __slots__ = (
         "beacon_device",
         "bounced",
+        "cust",
         "due_cache",
         "email",
         "episodes",
@@ -152,6 +155,8 @@ class MemberState:
         self.bounced = False
         """Sticky: a permanent delivery failure to the member's address (a ``bounce`` engagement record)."""
         self.runs: dict[str, Any] = {}
+        self.cust: cust.CustomerData | None = None
+        """Aggregates, customer fields, date/inactive turns and coupons (``kagoflow.core.customer``)."""
         """Scenario runs, owned by ``kagoflow.core.scenario`` (opaque here, JSON-able)."""
         self.recent_events: dict[str, None] = {}
         """Ordered set of the latest ``DEDUP_WINDOW`` beacon event ids."""
@@ -173,7 +178,8 @@ class MemberState:
 
     @property
     def purchase_count(self) -> int:
-        return (self.purchase_base or 0) + self.orders_after_base
+        """SPEC §11/§13: base + later distinct orders, leaving out cancelled ones."""
+        return cust.purchase_count(self)
 
     @property
     def device(self) -> str | None:
@@ -217,6 +223,8 @@ class MemberState:
             raw["bo"] = True
         if self.runs:
             raw["sc"] = self.runs
+        if self.cust is not None:
+            raw["cu"] = self.cust.to_list()
         return orjson.dumps(raw)
 
     @classmethod
@@ -249,6 +257,9 @@ class MemberState:
         runs = raw.get("sc")
         if runs:
             state.runs = runs
+        customer = raw.get("cu")
+        if customer is not None:
+            state.cust = cust.CustomerData.from_list(customer)
         return state
 
 
@@ -337,6 +348,7 @@ def _apply_purchase(state: MemberState, beacon: Beacon) -> None:
     for pid in bought:
         state.products.pop(pid, None)
     order_id = beacon.order_id if beacon.order_id is not None else f"beacon:{beacon.event_id}"
+    cust.on_purchase_beacon(state, order_id, beacon.ts)  # before ``orders`` learns it (see customer())
     _remember_order(state, order_id, bought)
     state.touched = tuple(bought)
 
@@ -370,6 +382,7 @@ def apply_member(state: MemberState, update: MemberUpdate) -> None:
     if update.purchase_count is not None:
         state.purchase_base = update.purchase_count
         state.orders_after_base = 0
+    cust.on_profile(state, update)
     state.touched = ()
 
 
@@ -383,15 +396,18 @@ def apply_engagement(state: MemberState, record: Engagement) -> None:
     state.touched = ()
 
 
-def apply_order(state: MemberState, update: OrderUpdate) -> None:
-    """Remember the order's items (for purchase beacons naming only the order id) and count it once."""
+def apply_order(state: MemberState, update: OrderUpdate, cancelled: frozenset[str] = DEFAULT_CANCELLED) -> None:
+    """Remember the order's items (for purchase beacons naming only the order id), count it once, keep the
+    aggregates (``cancelled`` = shop.yaml ``cancelled_statuses``) and redeem an issued coupon it carries."""
+    cust.on_order(state, update, cancelled)
     _remember_order(state, update.order_id, [item.product_id for item in update.items])
     state.touched = ()
 
 
 def product_purchase_count(state: MemberState, products: frozenset[str]) -> int:
-    """Orders seen that contain at least one of ``products``."""
-    return sum(1 for items in state.orders.values() if not products.isdisjoint(items))
+    """Orders seen, not cancelled, that contain at least one of ``products``."""
+    return sum(1 for order_id, items in state.orders.items()
+               if not products.isdisjoint(items) and not cust.is_cancelled(state, order_id))
 
 
 def current_products(state: MemberState) -> list[dict[str, Any]]:

@@ -9,8 +9,8 @@ import orjson
 
 from kagoflow.core.shoptime import UTC, iso
 
-DecisionStatus = Literal["sent", "capped", "suppressed", "skipped"]
-DecisionKind = Literal["abandonment", "price_drop", "restock"]
+DecisionStatus = Literal["sent", "capped", "suppressed", "skipped", "held_out", "started", "ended", "converted"]
+DecisionKind = Literal["abandonment", "price_drop", "restock", "scenario", "date", "inactive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +34,13 @@ class Decision:
     episode: str
     template: str
     coupon: str | None = None
+    """The issued code (set by the coupon step after caps, SPEC §13)."""
     sender_name: str | None = None
     cap_exempt: bool = False
+    variant: str = ""
+    """``"A"`` / ``"B"`` of an A/B test (template or send time), else empty (SPEC §14)."""
+    coupon_expires: str | None = None
+    """Shop-local date ``YYYY-MM-DD`` the coupon is valid through (rules with ``valid_days``)."""
 
     @property
     def key(self) -> str:
@@ -64,6 +69,8 @@ class Decision:
             "coupon": self.coupon,
             "sender_name": self.sender_name,
             "cap_exempt": self.cap_exempt,
+            "variant": self.variant,
+            "coupon_expires": self.coupon_expires,
         }
 
     def to_bytes(self) -> bytes:
@@ -85,4 +92,6 @@ class Decision:
             coupon=data.get("coupon"),
             sender_name=data.get("sender_name"),
             cap_exempt=bool(data.get("cap_exempt", False)),
+            variant=data.get("variant") or "",
+            coupon_expires=data.get("coupon_expires"),
         )

@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from kagoflow.core import pricewatch
+from kagoflow.core import measure, pricewatch
 from kagoflow.core.abandonrule import AbandonmentRule
 from kagoflow.core.behaviour import MemberState, apply_beacon, apply_engagement, apply_member, apply_order
 from kagoflow.core.catalog import CatalogLookup, PriceTrigger
+from kagoflow.core.customerprograms import DateProgram, InactiveProgram
+from kagoflow.core.daterules import DateRule, InactiveRule
 from kagoflow.core.decisions import Decision
 from kagoflow.core.events import Beacon, MemberRecord, MemberUpdate, OrderUpdate
 from kagoflow.core.pricerules import PriceRule
@@ -38,6 +40,12 @@ def default_programs(rules: RuleSet) -> list[Program]:
     price_rules = {rule.id: rule for rule in rules.price if rule.enabled}
     if price_rules:
         programs.append(PriceWatchProgram(cast(dict[str, PriceRule], price_rules)))
+    date_rules = [rule for rule in rules.customer if rule.enabled and isinstance(rule, DateRule)]
+    if date_rules:
+        programs.append(DateProgram(date_rules, rules.shop))
+    inactive_rules = [rule for rule in rules.customer if rule.enabled and isinstance(rule, InactiveRule)]
+    if inactive_rules:
+        programs.append(InactiveProgram(inactive_rules, rules.shop))
     return programs
 
 
@@ -50,6 +58,8 @@ class Engine:
         self.abandonment: list[AbandonmentRule] = [rule for rule in rules.abandonment if rule.enabled]
         self.price_rules: dict[str, PriceRuleLike] = {rule.id: rule for rule in rules.price if rule.enabled}
         self.programs: tuple[Program, ...] = tuple(default_programs(rules) if programs is None else programs)
+        self._measured = measure.measured_rules(rule for rule in rules.by_id.values() if rule.enabled)
+        self._cancelled = rules.shop.segments.cancelled_statuses
 
     # -- public API --------------------------------------------------------------------------------------
     def handle(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
@@ -64,19 +74,27 @@ class Engine:
         elif record_type is MemberUpdate:
             apply_member(state, cast(MemberUpdate, record))
         elif record_type is OrderUpdate:
-            apply_order(state, cast(OrderUpdate, record))  # orders are no beacons: neither access nor reset
+            # orders are no beacons: neither access nor reset
+            apply_order(state, cast(OrderUpdate, record), self._cancelled)
         else:
             apply_engagement(state, cast(Any, record))
         for program in self.programs:
             made = program.on_record(state, record, catalog=catalog)
             if made:
                 decisions.extend(made)
-        return decisions
+        return self.finish(state, decisions) if decisions else decisions
 
     def tick(self, state: MemberState, now_ms: int, *, catalog: CatalogLookup) -> list[Decision]:
         """Fire everything due at or before ``now_ms``. Decisions are made at ``now_ms`` (``at_ms``; caps
         count in its period) and keep their ``due_ms``; the backtest ticks exactly at due times."""
-        return self._fire(state, now_ms, catalog=catalog)
+        decisions = self._fire(state, now_ms, catalog=catalog)
+        return self.finish(state, decisions) if decisions else decisions
+
+    def finish(self, state: MemberState, decisions: list[Decision]) -> list[Decision]:
+        """Price/stock filters, A/B template and holdout (``kagoflow.core.measure``) of a member's decisions;
+        callers that decide outside ``handle``/``tick`` (immediate price sends) pass theirs through it."""
+        return measure.finish(state, decisions, self._measured, tz=self.shop.timezone,
+                              segments=self.shop.segments)
 
     def next_due(self, state: MemberState) -> int | None:
         """Earliest pending due time of the member over all programs, or None."""

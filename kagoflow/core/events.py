@@ -87,6 +87,14 @@ class MemberUpdate:
     device: Device | None = None
     locale: str | None = None
     purchase_count: int | None = None
+    total_amount: float | None = None
+    """Base values (SPEC §13) as of ``ts``: later purchases add to them."""
+    first_purchase_at: int | None = None
+    last_purchase_at: int | None = None
+    birthday: str | None = None
+    """``YYYY-MM-DD`` (validated by the contract)."""
+    gender: str | None = None
+    registered_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

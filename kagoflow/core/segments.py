@@ -62,16 +62,18 @@ class SegmentConfig:
 
 
 # -- aggregates ----------------------------------------------------------------------------------------------
-_SEQ, _TIME, _AMOUNT, _STATUS, _KNOWN = range(5)
-"""Slots of one order entry: first-seen sequence, purchase time, amount, latest status, orders record seen."""
+_SEQ, _TIME, _AMOUNT, _CANCELLED = range(4)
+"""Slots of one order entry: first-seen sequence, purchase time (None: unknown, from an old state), amount,
+whether its latest ``orders`` status is a cancelled one."""
 
 
 class Aggregates:
     """Per-member purchase aggregates (mutable; part of the member state, serialized with ``to_list``).
 
-    ``orders``: order id → [seq, purchase ms, amount, latest status or None, known]; ``base``: field →
-    [value, seq] of the latest profile record carrying that field; ``seq`` counts records that touched
-    either, so "orders seen after the base" is ``order seq > base seq``.
+    ``orders``: order id → [seq, purchase ms, amount, cancelled]; ``base``: field → [value, seq] of the
+    latest profile record carrying that field; ``seq`` counts records that touched either, so "orders seen
+    after the base" is ``order seq > base seq``. Whether a status cancels is decided when the record is
+    applied (shop.yaml ``cancelled_statuses``), so reads need no configuration.
     """
 
     __slots__ = ("base", "orders", "seq")
@@ -86,38 +88,45 @@ class Aggregates:
         self.seq += 1
         self.base[name] = [value, self.seq]
 
-    def add_order(self, order_id: str, *, ordered_at: int, amount: float | None, status: str) -> None:
+    def add_order(self, order_id: str, *, ordered_at: int, amount: float | None, cancelled: bool) -> None:
         """An ``orders`` record: purchase time becomes ``ordered_at``; the amount its total (kept when a later
-        record carries neither total nor items); the status is the latest seen."""
+        record carries neither total nor items); ``cancelled`` follows the latest status."""
         entry = self.orders.get(order_id)
         if entry is None:
             self.seq += 1
-            self.orders[order_id] = [self.seq, ordered_at, amount or 0.0, status, True]
+            self.orders[order_id] = [self.seq, ordered_at, amount or 0.0, cancelled]
             return
         entry[_TIME] = ordered_at
         if amount is not None:
             entry[_AMOUNT] = amount
-        entry[_STATUS] = status
-        entry[_KNOWN] = True
+        entry[_CANCELLED] = cancelled
 
-    def add_purchase_beacon(self, order_id: str, ts: int) -> None:
-        """A ``purchase`` beacon: a purchase at ``ts`` worth 0 until its order arrives (no-op if known)."""
-        if order_id not in self.orders:
-            self.seq += 1
-            self.orders[order_id] = [self.seq, ts, 0.0, None, False]
+    def add_purchase_beacon(self, order_id: str, ts: int) -> bool:
+        """A ``purchase`` beacon: a purchase at ``ts`` worth 0 until its order arrives. False if known."""
+        if order_id in self.orders:
+            return False
+        self.seq += 1
+        self.orders[order_id] = [self.seq, ts, 0.0, False]
+        return True
 
-    def is_cancelled(self, order_id: str, cancelled: frozenset[str]) -> bool:
+    def add_known(self, order_id: str) -> None:
+        """An order of a state written before aggregates existed: known (no double count), no time."""
+        self.orders.setdefault(order_id, [0, None, 0.0, False])
+
+    def is_cancelled(self, order_id: str) -> bool:
         entry = self.orders.get(order_id)
-        return entry is not None and entry[_STATUS] in cancelled
+        return entry is not None and bool(entry[_CANCELLED])
 
-    def purchase_count(self, cancelled: frozenset[str]) -> int:
+    def purchase_count(self) -> int:
         base = self.base.get("purchase_count")
         after = base[1] if base else 0
-        return (base[0] or 0 if base else 0) + sum(
-            1 for entry in self.orders.values() if entry[_SEQ] > after and entry[_STATUS] not in cancelled
-        )
+        count = (base[0] or 0) if base else 0
+        for entry in self.orders.values():
+            if entry[_SEQ] > after and not entry[_CANCELLED]:
+                count += 1
+        return int(count)
 
-    def facts(self, cancelled: frozenset[str]) -> tuple[int, int | None, int | None, float, float]:
+    def facts(self) -> tuple[int, int | None, int | None, float, float]:
         """(purchase count, first ms, last ms, total amount, largest order amount) over base + later orders."""
         base = self.base
         count_base = base.get("purchase_count")
@@ -133,8 +142,8 @@ class Aggregates:
         first_after = first_base[1] if first_base else 0
         last_after = last_base[1] if last_base else 0
         largest = 0.0
-        for seq, ms, amount, status, _known in self.orders.values():
-            if status in cancelled:
+        for seq, ms, amount, cancelled in self.orders.values():
+            if cancelled:
                 continue
             if amount > largest:
                 largest = amount
@@ -142,6 +151,8 @@ class Aggregates:
                 count += 1
             if seq > total_after:
                 total += amount
+            if ms is None:
+                continue
             if seq > first_after and (first is None or ms < first):
                 first = ms
             if seq > last_after and (last is None or ms > last):
@@ -174,10 +185,10 @@ class CustomerFacts:
     registered_ms: int | None = None
 
 
-def facts_of(agg: Aggregates, cancelled: frozenset[str], *, birthday: date | None = None,
+def facts_of(agg: Aggregates, *, birthday: date | None = None,
              gender: str | None = None, locale: str | None = None,
              registered_ms: int | None = None) -> CustomerFacts:
-    count, first, last, total, largest = agg.facts(cancelled)
+    count, first, last, total, largest = agg.facts()
     return CustomerFacts(count, first, last, total, largest, birthday, gender, locale, registered_ms)
 
 

@@ -24,6 +24,8 @@ from kagoflow.core import pricewatch
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.caps import CapStore, apply_caps
 from kagoflow.core.catalog import CatalogLookup, PriceTrigger
+from kagoflow.core.couponing import CouponStep, IssuedCoupon
+from kagoflow.core.coupons import CouponPool
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
@@ -99,6 +101,8 @@ class Metrics:
     buckets_written: int = 0
     fire_lag_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     """The latest fire lags (decision time minus due time), for ``/metrics``."""
+    coupons_issued: int = 0
+    coupon_pool_empty: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +114,8 @@ class Metrics:
             "states_written": self.states_written,
             "buckets_written": self.buckets_written,
             "fire_lag_ms": _lag_summary(self.fire_lag_ms),
+            "coupons_issued": self.coupons_issued,
+            "coupon_pool_empty": self.coupon_pool_empty,
         }
 
 
@@ -140,6 +146,8 @@ class MemberProcessor:
         profile_of: Callable[[MemberState], dict[str, Any] | None],
         scan: Callable[[set[int]], Iterable[MemberState]],
         names: Topics,
+        coupons: CouponPool | None = None,
+        coupon_secret: str = "",
     ) -> None:
         self.engine = engine
         self.ruleset = ruleset
@@ -165,6 +173,8 @@ class MemberProcessor:
         self.indexes: dict[int, WatchIndex] = {}
         self.unindexed: set[int] = set()
         self.metrics = Metrics()
+        self.coupon_step = CouponStep(ruleset.by_id.values(), pool=coupons, secret=coupon_secret,
+                                      tz=ruleset.shop.timezone)
 
     # -- table access ----------------------------------------------------------------------------
     def _load_bucket(self, partition: int, bucket: int) -> bytes | None:
@@ -273,16 +283,16 @@ class MemberProcessor:
         partition = book.partition
         index = self.indexes.setdefault(partition, WatchIndex())
         if trigger.send_at_ms > trigger.change_ms:
-            for state in pricewatch.fanout(trigger, rule, index, self.cache.get):  # type: ignore[arg-type]
+            for state in pricewatch.fanout(trigger, rule, index, self.cache.get):
                 self._after_change(partition, state, ())
             return
         chunk: list[Decision] = []
         for state, decision in pricewatch.decide_now(
-            trigger, rule, index, self.cache.get, catalog=self.catalog, now_ms=now  # type: ignore[arg-type]
+            trigger, rule, index, self.cache.get, catalog=self.catalog, now_ms=now
         ):
             book.dirty.add(state.member_id)  # the fired mark of the day must be stored
             self.cache.pin(state.member_id)
-            chunk.append(decision)
+            chunk.extend(self.engine.finish(state, [decision]))
             if len(chunk) >= EMIT_CHUNK:
                 await self._emit(book, chunk)
                 chunk = []
@@ -324,7 +334,8 @@ class MemberProcessor:
         delay = 0.2
         while True:
             try:
-                final = await apply_caps(decisions, self.caps, limits=shop.caps, tz=shop.timezone)
+                capped = await apply_caps(decisions, self.caps, limits=shop.caps, tz=shop.timezone)
+                final, issued = await self.coupon_step.apply(capped, self.cache.peek)
                 break
             except Exception as exc:  # Redis away: the mail waits; it is never sent uncapped
                 log.warning("cap store unavailable (%s); %d decisions wait %.1fs", exc, len(decisions), delay)
@@ -342,6 +353,25 @@ class MemberProcessor:
             records.append((decision.member_id.encode(), dumps(payload)))
         # mail_decisions is co-partitioned with the member topics: a member's decisions go to its partition
         book.in_flight += await self.outbox.send_many(self.names.mail_decisions, records, partition=book.partition)
+        if issued or self.coupon_step.pool_empty != self.metrics.coupon_pool_empty:
+            await self._coupons_issued(book, final, issued)
+
+    async def _coupons_issued(self, book: PartitionBook[MemberState, Ackable], final: list[Decision],
+                              issued: list[IssuedCoupon]) -> None:
+        """Store what the coupon step changed in member states (issued codes, reopened episodes) and produce
+        the issued codes to ``coupons_issued`` (key = code) for the shop's cart system."""
+        self.metrics.coupon_pool_empty = self.coupon_step.pool_empty
+        self.metrics.coupons_issued += len(issued)
+        for decision in final:
+            if decision.coupon is not None or decision.reason == "coupon_pool_empty":
+                state = self.cache.peek(decision.member_id)
+                if state is not None:
+                    book.dirty.add(state.member_id)
+                    self.cache.pin(state.member_id)
+                    book.schedule(self.engine.next_due(state), state.member_id)
+        if issued:
+            records = [(coupon.code.encode(), coupon.to_bytes()) for coupon in issued]
+            book.in_flight += await self.outbox.send_many(self.names.coupons_issued, records)
 
     async def _dead_letter(
         self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int, value: bytes,
@@ -433,7 +463,7 @@ class ScannableTable(StateTable, Protocol):
 
 
 def make_processor(settings: Settings, ruleset: RuleSet, *, table: ScannableTable, catalog: CatalogLookup,
-                   caps: CapStore, outbox: Outbox) -> MemberProcessor:
+                   caps: CapStore, outbox: Outbox, coupons: CouponPool | None = None) -> MemberProcessor:
     """The member processor as the worker (or its engine process) runs it, reading ``table``'s buckets."""
 
     def scan(partitions: set[int]) -> Iterator[MemberState]:
@@ -456,4 +486,6 @@ def make_processor(settings: Settings, ruleset: RuleSet, *, table: ScannableTabl
         bucket_cache_bytes=settings.state_cache_mb * 1024 * 1024,
         profile_of=profile_snapshot,
         scan=scan,
+        coupons=coupons,
+        coupon_secret=settings.tracking_secret,
     )

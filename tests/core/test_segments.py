@@ -10,7 +10,6 @@ import pytest
 from kagoflow.core.segments import (
     CPM_CLASSES,
     CPM_LABELS_JA,
-    DEFAULT_CANCELLED,
     Aggregates,
     CpmThresholds,
     CustomerFacts,
@@ -39,41 +38,42 @@ T0 = at(2026, 1, 1)
 # -- aggregates ---------------------------------------------------------------------------------------------
 def test_orders_and_beacons_count_once_per_order_and_cancelled_orders_are_left_out() -> None:
     agg = Aggregates()
-    agg.add_purchase_beacon("o1", at(2026, 1, 5))
-    assert agg.facts(DEFAULT_CANCELLED) == (1, at(2026, 1, 5), at(2026, 1, 5), 0.0, 0.0)
-    agg.add_order("o1", ordered_at=at(2026, 1, 4), amount=5000, status="ordered")
-    agg.add_order("o1", ordered_at=at(2026, 1, 4), amount=None, status="shipped")  # keeps the amount
-    agg.add_order("o2", ordered_at=at(2026, 2, 1), amount=8000, status="ordered")
-    agg.add_purchase_beacon("o2", at(2026, 2, 1, 13))  # same order: no second purchase
-    assert agg.facts(DEFAULT_CANCELLED) == (2, at(2026, 1, 4), at(2026, 2, 1), 13000.0, 8000.0)
-    agg.add_order("o2", ordered_at=at(2026, 2, 1), amount=None, status="cancelled")
-    assert agg.facts(DEFAULT_CANCELLED) == (1, at(2026, 1, 4), at(2026, 1, 4), 5000.0, 5000.0)
-    assert agg.purchase_count(DEFAULT_CANCELLED) == 1
-    assert agg.purchase_count(frozenset()) == 2, "cancelled statuses come from shop.yaml"
+    assert agg.add_purchase_beacon("o1", at(2026, 1, 5))
+    assert agg.facts() == (1, at(2026, 1, 5), at(2026, 1, 5), 0.0, 0.0)
+    agg.add_order("o1", ordered_at=at(2026, 1, 4), amount=5000, cancelled=False)
+    agg.add_order("o1", ordered_at=at(2026, 1, 4), amount=None, cancelled=False)  # keeps the amount
+    agg.add_order("o2", ordered_at=at(2026, 2, 1), amount=8000, cancelled=False)
+    assert not agg.add_purchase_beacon("o2", at(2026, 2, 1, 13)), "same order: no second purchase"
+    assert agg.facts() == (2, at(2026, 1, 4), at(2026, 2, 1), 13000.0, 8000.0)
+    agg.add_order("o2", ordered_at=at(2026, 2, 1), amount=None, cancelled=True)
+    assert agg.facts() == (1, at(2026, 1, 4), at(2026, 1, 4), 5000.0, 5000.0)
+    assert agg.purchase_count() == 1 and agg.is_cancelled("o2")
+    agg.add_order("o2", ordered_at=at(2026, 2, 1), amount=None, cancelled=False)  # the latest status counts
+    assert agg.purchase_count() == 2
 
 
 def test_profile_base_values_apply_per_field_and_later_orders_add_to_them() -> None:
     agg = Aggregates()
-    agg.add_order("old", ordered_at=at(2025, 6, 1), amount=1000, status="delivered")
+    agg.add_order("old", ordered_at=at(2025, 6, 1), amount=1000, cancelled=False)
     agg.set_base("purchase_count", 5)
     agg.set_base("total_amount", 50000)
     # first/last purchase times have no base: every order counts for them
-    agg.add_order("new", ordered_at=at(2026, 1, 2), amount=3000, status="ordered")
-    count, first, last, total, largest = agg.facts(DEFAULT_CANCELLED)
+    agg.add_order("new", ordered_at=at(2026, 1, 2), amount=3000, cancelled=False)
+    count, first, last, total, largest = agg.facts()
     assert (count, total) == (6, 53000.0)
     assert (first, last) == (at(2025, 6, 1), at(2026, 1, 2))
     assert largest == 3000.0
     agg.set_base("first_purchase_at", at(2020, 1, 1))
     agg.set_base("last_purchase_at", at(2025, 12, 1))
-    assert agg.facts(DEFAULT_CANCELLED)[1:3] == (at(2020, 1, 1), at(2025, 12, 1))
-    agg.add_order("newer", ordered_at=at(2026, 1, 3), amount=100, status="ordered")
-    assert agg.facts(DEFAULT_CANCELLED)[:4] == (7, at(2020, 1, 1), at(2026, 1, 3), 53100.0)
+    assert agg.facts()[1:3] == (at(2020, 1, 1), at(2025, 12, 1))
+    agg.add_order("newer", ordered_at=at(2026, 1, 3), amount=100, cancelled=False)
+    assert agg.facts()[:4] == (7, at(2020, 1, 1), at(2026, 1, 3), 53100.0)
 
 
 def test_base_count_only_gives_no_times_so_no_cpm_class_and_recency_zero() -> None:
     agg = Aggregates()
     agg.set_base("purchase_count", 4)
-    facts = facts_of(agg, DEFAULT_CANCELLED)
+    facts = facts_of(agg)
     assert facts.purchase_count == 4 and facts.last_purchase_ms is None
     assert cpm_class(facts, T0, TOKYO, CpmThresholds()) is None
     assert rfm_scores(facts, T0, TOKYO, RfmThresholds())[0] == 0
@@ -82,9 +82,9 @@ def test_base_count_only_gives_no_times_so_no_cpm_class_and_recency_zero() -> No
 def test_aggregates_round_trip() -> None:
     agg = Aggregates()
     agg.set_base("purchase_count", 2)
-    agg.add_order("o1", ordered_at=T0, amount=10, status="ordered")
+    agg.add_order("o1", ordered_at=T0, amount=10, cancelled=False)
     copy = Aggregates.from_list(agg.to_list())
-    assert copy.facts(DEFAULT_CANCELLED) == agg.facts(DEFAULT_CANCELLED)
+    assert copy.facts() == agg.facts()
 
 
 # -- calendar ----------------------------------------------------------------------------------------------
