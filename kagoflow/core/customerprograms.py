@@ -1,8 +1,8 @@
 """The ``date`` and ``inactive`` programs of the engine (SPEC §13; ``kagoflow.core.program.Program``).
 
 Both keep one value per (member, rule) in ``CustomerData.turns`` — the occurrence year already decided
-(date), or [since-time, time the record made it current, decided] (inactive) — and compute their due from
-it and the member's facts, so a restart or a replay yields the same dues and decisions. Both are evaluated
+(date), or [since-time, time the record made it current, decided, the last decided since-time]
+(inactive) — and compute their due from it and the member's facts, so a restart or a replay yields the same dues and decisions. Both are evaluated
 like abandonment rules at the due (filters → consent → sent; the engine's finishing step adds variant and
 holdout) and are exempt from caps. Their decisions list no products.
 """
@@ -130,8 +130,13 @@ class InactiveProgram:
             if turns is None:
                 turns = customer.customer(state).turns
             turn = turns.get(rule.id)
-            if turn is None or since > turn[0]:
-                turns[rule.id] = [since, record.ts, False]  # a newer purchase / access opens the next period
+            if turn is None:
+                turns[rule.id] = [since, record.ts, False, None]
+            elif since != turn[0]:
+                # a newer purchase / access opens the next period (a cancelled one reopens the earlier one,
+                # unless that period was already decided)
+                decided = turn[0] if turn[2] else turn[3]
+                turns[rule.id] = [since, record.ts, since == decided, decided]
         due = self.next_due(state)
         return self.fire_due(state, record.ts, catalog=catalog) if due is not None and due <= record.ts else []
 
