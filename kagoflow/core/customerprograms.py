@@ -2,7 +2,8 @@
 
 Both keep one value per (member, rule) in ``CustomerData.turns`` — the occurrence year already decided
 (date), or [since-time, time the record made it current, decided, the last decided since-time]
-(inactive) — and compute their due from it and the member's facts, so a restart or a replay yields the same dues and decisions. Both are evaluated
+(inactive) — and compute their due from it and the member's facts, so a restart or a replay yields the
+same dues and decisions. Both are evaluated
 like abandonment rules at the due (filters → consent → sent; the engine's finishing step adds variant and
 holdout) and are exempt from caps. Their decisions list no products.
 """
