@@ -66,7 +66,7 @@ class Filters:
     """Every filter's name in file order: the first failing one is reported (SPEC §14 fine points)."""
 
     def describe(self) -> list[str]:
-        parts: list[str] = [f.describe() for f in self.member]
+        parts: list[str] = []
         if self.purchase_count is not None:
             parts.append(f"purchase_count={self.purchase_count.describe()}")
         if self.devices is not None:
@@ -77,6 +77,10 @@ class Filters:
         if self.product_purchase_count is not None:
             products, count = self.product_purchase_count
             parts.append(f"product_purchase_count({','.join(sorted(products))})={count.describe()}")
+        parts += [f.describe() for f in self.member]
+        if self.member and self.order:  # with §13 filters: file order, the order they are checked in
+            rank = {name: i for i, name in enumerate(self.order)}
+            parts.sort(key=lambda part: rank.get(part.split("=")[0].split("(")[0], len(rank)))
         return parts
 
 
@@ -133,7 +137,8 @@ class AbandonmentRule:
         parts = [f"{self.id}: abandonment on {self.trigger}, {products}, {when}"]
         filters = self.filters.describe()
         parts.append("filters: " + " ".join(filters) if filters else "no filters")
-        parts.append(f"template {self.template}")
+        if self.measurement is None or not self.measurement.is_ab:
+            parts.append(f"template {self.template}")
         if self.send_b is not None:
             b_after, b_days, b_at = self.send_b
             split = self.measurement.split if self.measurement else 50
@@ -141,7 +146,7 @@ class AbandonmentRule:
                       else f"{b_days} days at {b_at[0]:02d}:{b_at[1]:02d}" if b_at else "")
             parts.append(f"send-time test B: {b_when} (A {split} %)")
         if self.measurement is not None and (self.measurement.is_ab or self.measurement.holdout):
-            parts.append(self.measurement.describe())
+            parts.append(self.measurement.describe(with_single=False))
         if self.coupon:
             parts.append(self.coupon.describe())
         if self.sender_name:

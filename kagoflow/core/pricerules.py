@@ -109,7 +109,7 @@ class PriceRule:
         extra = "".join(f" {f.describe()}" for f in self.filters)
         extra = f"; filters:{extra}" if extra else ""
         if self.measurement is not None and (self.measurement.is_ab or self.measurement.holdout):
-            extra += f"; {self.measurement.describe()}"
+            extra += f"; {self.measurement.describe(with_single=False)}"
         if self.coupon is not None:
             extra += f"; {self.coupon.describe()}"
         return (

@@ -57,9 +57,11 @@ class Measurement:
         variant = variant_of(member_id, rule_id, self.split, step)
         return self.templates[0 if variant == "A" else 1], variant
 
-    def describe(self) -> str:
+    def describe(self, *, with_single: bool = True) -> str:
         parts = [f"template {self.templates[0]}" if len(self.templates) == 1 else
                  f"A/B templates {self.templates[0]} / {self.templates[1]} (A {self.split} %)"]
+        if not with_single and len(self.templates) == 1:
+            parts = []
         if self.holdout:
             parts.append(f"holdout {self.holdout} %")
         return "; ".join(parts)

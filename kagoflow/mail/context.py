@@ -76,8 +76,20 @@ class MailProduct:
     image_url: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class MailCoupon:
+    """``coupon.code`` and ``coupon.expires`` (shop-local ``YYYY-MM-DD`` or None); ``{{ coupon }}`` alone
+    shows the code, as templates written before expiries did."""
+
+    code: str
+    expires: str | None = None
+
+    def __str__(self) -> str:
+        return self.code
+
+
 RECORD_FIELDS: dict[type, frozenset[str]] = {
-    cls: frozenset(f.name for f in fields(cls)) for cls in (MailMember, MailShop, MailProduct)
+    cls: frozenset(f.name for f in fields(cls)) for cls in (MailMember, MailShop, MailProduct, MailCoupon)
 }
 """Plain-data fields templates may read without the sandbox's per-access check."""
 
@@ -174,7 +186,7 @@ def mail_context(
         "shop": MailShop(
             name=decision.sender_name or settings.mail_sender_name, url=links.click(settings.shop_url)
         ),
-        "coupon": decision.coupon,
+        "coupon": MailCoupon(decision.coupon, decision.coupon_expires) if decision.coupon else None,
         "products": mail_products(decision, products, settings=settings, links=links),
         "kind": decision.kind,
         "rule_id": decision.rule_id,
@@ -215,7 +227,7 @@ def sample_contexts(device: str) -> list[dict[str, Any]]:
         {
             **common,
             "member": MailMember("m1", "山田 太郎", "山田 太郎 様"),
-            "coupon": "SAMPLE10",
+            "coupon": MailCoupon("SAMPLE10", "2026-12-31"),
             "products": full,
         },
         {**common, "member": MailMember("m2", "", "お客様"), "coupon": None, "products": sparse},
