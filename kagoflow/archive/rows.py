@@ -20,8 +20,9 @@ from kagoflow.streams import contract
 
 MAIL_DECISIONS: Final = "mail_decisions"
 ENGAGEMENT: Final = "engagement"
-ARCHIVE_TOPICS: Final = (*contract.INPUT_TOPICS, MAIL_DECISIONS, ENGAGEMENT)
-DECISION_STATUSES: Final = frozenset({"sent", "capped", "suppressed", "skipped"})
+COUPONS_ISSUED: Final = "coupons_issued"
+ARCHIVE_TOPICS: Final = (*contract.INPUT_TOPICS, MAIL_DECISIONS, ENGAGEMENT, COUPONS_ISSUED)
+DECISION_STATUSES: Final = frozenset({"sent", "capped", "suppressed", "skipped", "held_out"})
 DELIVERY_RESULTS: Final = frozenset(
     {"delivered", "deferred", "bounced", "failed", "duplicate", "suppressed", "uncertain"}
 )
@@ -46,6 +47,8 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
                        "step", "variant", *_KAFKA),
     "engagement": ("at_ms", "event", "decision_key", "member_id", "rule_id", "url", "detail", "suspected_bot",
                    *_KAFKA),
+    "coupons_issued": ("code", "member_id", "rule_id", "decision_key", "kind", "variant", "issued_ms", "expires",
+                       "expires_ms", *_KAFKA),
 }
 
 
@@ -184,6 +187,23 @@ def engagement_row(value: bytes, partition: int, offset: int, timestamp: int | N
             partition, offset)
 
 
+def coupon_row(value: bytes, partition: int, offset: int, timestamp: int | None) -> Row:
+    """``IssuedCoupon.to_json()`` (SPEC §13): one code sent to one member."""
+    data = _object(value)
+    code, member, rule, key = (data.get(f) for f in ("code", "member_id", "rule", "key"))
+    if not all(type(v) is str and v for v in (code, member, rule, key)):
+        raise ContractError("coupon: code, member_id, rule and key must be non-empty strings")
+    issued, expires_ms = data.get("issued_ms"), data.get("expires_ms")
+    if type(issued) is not int or not contract.TS_MIN_MS <= issued < contract.TS_MAX_MS:
+        raise ContractError("issued_ms: out of range")
+    if expires_ms is not None and type(expires_ms) is not int:
+        raise ContractError("expires_ms: must be an integer")
+    expires, kind, variant = data.get("expires") or "", data.get("kind") or "", data.get("variant") or ""
+    if not all(type(v) is str for v in (expires, kind, variant)):
+        raise ContractError("expires/kind/variant: must be strings")
+    return (code, member, rule, key, kind, variant, issued, expires, expires_ms, partition, offset)
+
+
 MAPPERS: Final[dict[str, tuple[str, Mapper]]] = {
     contract.BEACONS: ("beacons", beacon_row),
     contract.MEMBERS: ("members", member_row),
@@ -191,5 +211,6 @@ MAPPERS: Final[dict[str, tuple[str, Mapper]]] = {
     contract.ORDERS: ("orders", order_row),
     MAIL_DECISIONS: ("mail_decisions", decision_row),
     ENGAGEMENT: ("engagement", engagement_row),
+    COUPONS_ISSUED: ("coupons_issued", coupon_row),
 }
 """topic → (table, mapper)."""
