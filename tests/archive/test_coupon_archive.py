@@ -3,14 +3,12 @@ stack's ClickHouse 18.16 server."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import pytest
 
 from kagoflow.adapters.clickhouse import ClickHouseArchive
 from kagoflow.archive.rows import COLUMNS, MAPPERS, order_row
 from kagoflow.core.couponing import IssuedCoupon
-from kagoflow.settings import Settings
+from tests.archive.test_analytics import archive  # noqa: F401  (fixture)
 
 T0 = 1_790_000_000_000  # 2026-09-21
 
@@ -35,20 +33,8 @@ def test_coupon_row_maps_the_topic_value() -> None:
                    T0 + 14 * 86_400_000, 3, 7)
 
 
-@pytest.fixture
-def archive(stack: Settings, unique_name: Callable[[str], str]) -> Iterator[ClickHouseArchive]:
-    archive = ClickHouseArchive(host=stack.clickhouse_host, port=stack.clickhouse_port,
-                                database=unique_name("coupons"))
-    archive.ensure_schema()
-    try:
-        yield archive
-    finally:
-        archive.query(f"DROP DATABASE IF EXISTS {archive.database}")
-        archive.close()
-
-
 @pytest.mark.integration
-def test_an_order_carrying_an_issued_code_shows_as_redeemed(archive: ClickHouseArchive) -> None:
+def test_an_order_carrying_an_issued_code_shows_as_redeemed(archive: ClickHouseArchive) -> None:  # noqa: F811
     _, coupon_row = MAPPERS["coupons_issued"]
     coupons = [coupon_row(issued(code, member, f"{member}|winback|{i}", T0), 0, i, None)
                for i, (code, member) in enumerate([("WB-1", "m1"), ("WB-2", "m2"), ("WB-3", "m3"), ("WB-4", "m4")])]
