@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from kagoflow.settings import Settings
 
 STATUSES = ("sent", "capped", "suppressed", "skipped")
+"""Summary columns; other statuses (``held_out``, ...) get a column when they occur."""
 RUN_ON_DAYS = 400
 """SPEC §13: after the last record the clock runs on until nothing is pending or for at most 400 days."""
 PROGRESS_EVERY = 20_000
@@ -296,9 +297,10 @@ async def _run(
 def _summary(rules: RuleSet, counts: Counter[tuple[str, str]], *, records: int) -> None:
     ids = list(rules.by_id) + sorted({rule for rule, _ in counts} - set(rules.by_id))
     width = max([len("rule"), *map(len, ids)])
-    lines = [f"backtest: {records} records", f"{'rule':<{width}}  " + "  ".join(f"{s:>10}" for s in STATUSES)]
+    statuses = (*STATUSES, *sorted({status for _, status in counts} - set(STATUSES)))
+    lines = [f"backtest: {records} records", f"{'rule':<{width}}  " + "  ".join(f"{s:>10}" for s in statuses)]
     for rule_id in ids:
-        lines.append(f"{rule_id:<{width}}  " + "  ".join(f"{counts[rule_id, s]:>10}" for s in STATUSES))
+        lines.append(f"{rule_id:<{width}}  " + "  ".join(f"{counts[rule_id, s]:>10}" for s in statuses))
     print("\n".join(lines), file=sys.stderr)
 
 
