@@ -29,6 +29,20 @@ return {code, redis.call('LLEN', KEYS[2])}
 """
 """KEYS: given hash, codes list; ARGV: decision key → {code or false, codes left (-1 = replay)}."""
 
+_TAKE_MANY = """
+local out = {}
+for i = 1, #ARGV do
+  local code = redis.call('HGET', KEYS[1], ARGV[i])
+  if not code then
+    code = redis.call('LPOP', KEYS[2])
+    if code then redis.call('HSET', KEYS[1], ARGV[i], code) end
+  end
+  out[i] = code or ''
+end
+return out
+"""
+"""The same for many decision keys in one round trip, in the given order ('' = pool empty)."""
+
 _LOAD = """
 local loaded = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
 if tonumber(ARGV[3]) ~= loaded then return loaded end
@@ -56,6 +70,7 @@ class RedisCouponPool:
         self._client = client
         self._prefix = prefix
         self._take = client.register_script(_TAKE)
+        self._take_many = client.register_script(_TAKE_MANY)
         self._load = client.register_script(_LOAD)
 
     def _keys(self, pool: str) -> tuple[str, str, str]:
@@ -92,6 +107,14 @@ class RedisCouponPool:
     async def take(self, pool: str, decision_key: str) -> str | None:
         code, _ = await self.take_with_left(pool, decision_key)
         return code
+
+    async def take_many(self, pool: str, decision_keys: list[str]) -> list[str | None]:
+        """``take`` for each key, in order, atomically and in one round trip."""
+        if not decision_keys:
+            return []
+        given, queue, _ = self._keys(pool)
+        codes = await _guard(partial(self._take_many, keys=[given, queue], args=decision_keys))
+        return [_text(code) or None for code in codes]
 
     async def take_with_left(self, pool: str, decision_key: str) -> tuple[str | None, int]:
         """(code or None when empty, codes left after it; -1 when the key already had its code)."""

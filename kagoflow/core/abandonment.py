@@ -27,7 +27,7 @@ from kagoflow.core.abandonrule import AbandonmentRule, Filters
 from kagoflow.core.behaviour import MemberState, ProductActions, consent_reason, product_purchase_count
 from kagoflow.core.catalog import CatalogLookup
 from kagoflow.core.decisions import Decision, DecisionStatus
-from kagoflow.core.memberfilters import first_failing
+from kagoflow.core.memberfilters import MemberFilter, first_failing
 from kagoflow.core.rules import ShopConfig
 from kagoflow.core.shoptime import at_local_time, local_date
 
@@ -258,14 +258,21 @@ def _first_failing_in_order(state: MemberState, rule: AbandonmentRule, *, catalo
     shop = shop or ShopConfig()
     member = {flt.name: flt for flt in rule.filters.member}
     facts = customer.facts(state)
-    for name in rule.filters.order:
+    batch: list[MemberFilter] = []  # consecutive member filters are checked in one call
+    for name in (*rule.filters.order, ""):
         flt = member.get(name)
         if flt is not None:
-            failed = first_failing((flt,), facts, now_ms, shop.timezone, shop.segments)
-        else:
+            batch.append(flt)
+            continue
+        if batch:
+            failed = first_failing(batch, facts, now_ms, shop.timezone, shop.segments)
+            if failed is not None:
+                return failed
+            batch = []
+        if name:
             failed = _failing_own(state, rule, catalog=catalog, only=name)
-        if failed is not None:
-            return failed
+            if failed is not None:
+                return failed
     return None
 
 

@@ -71,6 +71,7 @@ class CouponStep:
             return decisions, []
         out: list[Decision] = []
         issued: list[IssuedCoupon] = []
+        taken = await self._take_pool_codes(decisions)
         used_pools: set[str] = set()
         for decision in decisions:
             spec = self.specs.get(decision.rule_id)
@@ -79,7 +80,7 @@ class CouponStep:
                 continue
             try:
                 coupon = await issue(spec, decision.key, decision.at_ms, tz=self.tz, secret=self.secret,
-                                     pool=self.pool)
+                                     pool=None, taken=taken.get(decision.key))
             except PoolEmpty as empty:
                 self.pool_empty += 1
                 log.warning("coupon pool %s is empty: %s skipped (coupon_pool_empty)", empty.pool, decision.key)
@@ -100,10 +101,27 @@ class CouponStep:
             issued.append(IssuedCoupon(coupon.code, decision.member_id, decision.rule_id, decision.key,
                                        decision.at_ms, coupon.expires, coupon.expires_ms, decision.kind,
                                        decision.variant))
-        if used_pools and self.pool is not None:
+        if used_pools and self.pool is not None:  # low-water check: once per pool and batch
             for name in used_pools - self.low:
                 left, total = await self.pool.remaining(name)
                 if running_low(left, total):
                     self.low.add(name)
                     log.warning("coupon pool %s is running low: %d of %d codes left", name, left, total)
         return out, issued
+
+    async def _take_pool_codes(self, decisions: list[Decision]) -> dict[str, str]:
+        """Pool codes of the batch's ``sent`` decisions: one ``take_many`` per pool, in decision order (so
+        file order follows decision order)."""
+        if self.pool is None:
+            return {}
+        keys: dict[str, list[str]] = {}
+        for decision in decisions:
+            spec = self.specs.get(decision.rule_id)
+            if spec is not None and spec.form == "pool" and decision.status == "sent":
+                keys.setdefault(spec.value, []).append(decision.key)
+        out: dict[str, str] = {}
+        for pool, pool_keys in keys.items():
+            for key, code in zip(pool_keys, await self.pool.take_many(pool, pool_keys), strict=True):
+                if code is not None:
+                    out[key] = code
+        return out

@@ -69,6 +69,10 @@ class CouponPool(Protocol):
         """The code of ``decision_key`` (the same one on every call); None when the pool is empty."""
         ...
 
+    async def take_many(self, pool: str, decision_keys: list[str]) -> list[str | None]:
+        """``take`` for each key in order (one round trip for a batch of decisions)."""
+        ...
+
     async def remaining(self, pool: str) -> tuple[int, int]:
         """(codes left, codes in the pool file)."""
         ...
@@ -94,6 +98,9 @@ class MemoryCouponPool:
         self._next[pool] = index + 1
         given[decision_key] = codes[index]
         return codes[index]
+
+    async def take_many(self, pool: str, decision_keys: list[str]) -> list[str | None]:
+        return [await self.take(pool, key) for key in decision_keys]
 
     async def remaining(self, pool: str) -> tuple[int, int]:
         codes = self._codes[pool]
@@ -145,16 +152,16 @@ def expiry(send_ms: int, valid_days: int | None, tz: ZoneInfo) -> tuple[str | No
 
 
 async def issue(spec: CouponSpec, decision_key: str, send_ms: int, *, tz: ZoneInfo, secret: str,
-          pool: CouponPool | None) -> Coupon:
-    """The coupon of one mail. Raises ``PoolEmpty`` when a pool has no code left for this key."""
+          pool: CouponPool | None, taken: str | None = None) -> Coupon:
+    """The coupon of one mail. Raises ``PoolEmpty`` when a pool has no code left for this key.
+    ``taken``: the pool code already taken for this key (a batch took it with ``take_many``)."""
     if spec.form == "fixed":
         code = spec.value
     elif spec.form == "generate":
         code = generated_code(secret, decision_key, spec.value, spec.length)
     else:
-        if pool is None:
-            raise PoolEmpty(spec.value)
-        taken = await pool.take(spec.value, decision_key)
+        if taken is None and pool is not None:
+            taken = await pool.take(spec.value, decision_key)
         if taken is None:
             raise PoolEmpty(spec.value)
         code = taken

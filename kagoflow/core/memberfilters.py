@@ -25,12 +25,11 @@ from kagoflow.core.segments import (
     SegmentConfig,
     age_on,
     cpm_class,
-    days_between,
+    local_day,
     locale_matches,
     normalize_locale,
     rfm_scores,
 )
-from kagoflow.core.shoptime import local_date
 
 RANGE_FILTERS = ("total_amount", "max_order_amount", "tenure_days", "dormancy_days", "registered_days", "age")
 SET_FILTERS = ("gender", "locales", "cpm")
@@ -209,23 +208,23 @@ def first_failing(filters: Iterable[MemberFilter], facts: CustomerFacts, now_ms:
     for flt in filters:
         name = flt.name
         value: float | None
-        if name == "total_amount":
+        if name in _DAY_FIELDS:
+            at = getattr(facts, _DAY_FIELDS[name])
+            if at is None:
+                return name
+            if today is None:
+                today = local_day(now_ms, tz)
+            value = (today - local_day(at, tz)).days
+        elif name == "total_amount":
             value = facts.total_amount
         elif name == "max_order_amount":
             value = facts.max_order_amount
-        elif name == "tenure_days":
-            first = facts.first_purchase_ms
-            value = None if first is None else days_between(first, now_ms, tz)
-        elif name == "dormancy_days":
-            last = facts.last_purchase_ms
-            value = None if last is None else days_between(last, now_ms, tz)
-        elif name == "registered_days":
-            reg = facts.registered_ms
-            value = None if reg is None else days_between(reg, now_ms, tz)
         elif name == "age":
+            if facts.birthday is None:
+                return name
             if today is None:
-                today = local_date(now_ms, tz)
-            value = None if facts.birthday is None else age_on(facts.birthday, today)
+                today = local_day(now_ms, tz)
+            value = age_on(facts.birthday, today)
         elif name == "gender":
             if facts.gender not in flt.values:
                 return name
@@ -246,6 +245,10 @@ def first_failing(filters: Iterable[MemberFilter], facts: CustomerFacts, now_ms:
                 if (lo is not None and score < lo) or (hi is not None and score > hi):
                     return name
             continue
-        if value is None or (flt.lo is not None and value < flt.lo) or (flt.hi is not None and value > flt.hi):
+        if (flt.lo is not None and value < flt.lo) or (flt.hi is not None and value > flt.hi):
             return name
     return None
+
+
+_DAY_FIELDS = {"tenure_days": "first_purchase_ms", "dormancy_days": "last_purchase_ms",
+               "registered_days": "registered_ms"}
