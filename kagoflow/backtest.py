@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from kagoflow.settings import Settings
 
 STATUSES = ("sent", "capped", "suppressed", "skipped")
+LIFE_STATUSES = ("started", "ended", "converted")
+"""Summary columns added when the rules hold scenarios."""
 PROGRESS_EVERY = 20_000
 """Records between progress updates (on a terminal: one redrawn line; otherwise: one line per 20 updates)."""
 
@@ -274,9 +276,10 @@ async def _run(
 def _summary(rules: RuleSet, counts: Counter[tuple[str, str]], *, records: int) -> None:
     ids = list(rules.by_id) + sorted({rule for rule, _ in counts} - set(rules.by_id))
     width = max([len("rule"), *map(len, ids)])
-    lines = [f"backtest: {records} records", f"{'rule':<{width}}  " + "  ".join(f"{s:>10}" for s in STATUSES)]
+    statuses = STATUSES + LIFE_STATUSES if rules.scenarios else STATUSES
+    lines = [f"backtest: {records} records", f"{'rule':<{width}}  " + "  ".join(f"{s:>10}" for s in statuses)]
     for rule_id in ids:
-        lines.append(f"{rule_id:<{width}}  " + "  ".join(f"{counts[rule_id, s]:>10}" for s in STATUSES))
+        lines.append(f"{rule_id:<{width}}  " + "  ".join(f"{counts[rule_id, s]:>10}" for s in statuses))
     print("\n".join(lines), file=sys.stderr)
 
 

@@ -21,7 +21,10 @@ from kagoflow.streams import contract
 MAIL_DECISIONS: Final = "mail_decisions"
 ENGAGEMENT: Final = "engagement"
 ARCHIVE_TOPICS: Final = (*contract.INPUT_TOPICS, MAIL_DECISIONS, ENGAGEMENT)
-DECISION_STATUSES: Final = frozenset({"sent", "capped", "suppressed", "skipped"})
+DECISION_STATUSES: Final = frozenset(
+    {"sent", "capped", "suppressed", "skipped", "held_out", "started", "ended", "converted"}
+)
+"""Mail decisions, plus the life records of scenario runs (``started`` / ``ended`` / ``converted``)."""
 DELIVERY_RESULTS: Final = frozenset(
     {"delivered", "deferred", "bounced", "failed", "duplicate", "suppressed", "uncertain"}
 )

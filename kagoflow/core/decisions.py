@@ -9,8 +9,10 @@ import orjson
 
 from kagoflow.core.shoptime import UTC, iso
 
-DecisionStatus = Literal["sent", "capped", "suppressed", "skipped"]
-DecisionKind = Literal["abandonment", "price_drop", "restock"]
+DecisionStatus = Literal["sent", "capped", "suppressed", "skipped", "held_out", "started", "ended", "converted"]
+DecisionKind = Literal["abandonment", "price_drop", "restock", "scenario"]
+LIFE_STATUSES: frozenset[str] = frozenset({"started", "ended", "converted"})
+"""Scenario life records (SPEC §12): decisions that send nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +38,19 @@ class Decision:
     coupon: str | None = None
     sender_name: str | None = None
     cap_exempt: bool = False
+    step: int = 0
+    """Scenario step (1..7); 0 for life records and other kinds."""
+    variant: str = ""
+    """``"A"`` / ``"B"`` for a step with two templates, else ``""``."""
+    send: int = 0
+    """The j-th send of a (repeated) scenario step; 0 for life records."""
+    order_id: str | None = None
+    """The scenario run's order."""
 
     @property
     def key(self) -> str:
-        """Idempotency key: one mail per (member, rule, episode)."""
+        """Idempotency key: one mail per (member, rule, episode). A scenario's episode is
+        ``order_id|step|send``, so its key is (member, scenario, order_id, step, send) as SPEC §12 says."""
         return f"{self.member_id}|{self.rule_id}|{self.episode}"
 
     def with_status(self, status: DecisionStatus, reason: str) -> Decision:
@@ -64,6 +75,8 @@ class Decision:
             "coupon": self.coupon,
             "sender_name": self.sender_name,
             "cap_exempt": self.cap_exempt,
+            **({"step": self.step, "variant": self.variant, "send": self.send, "order_id": self.order_id}
+               if self.kind == "scenario" else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -85,4 +98,8 @@ class Decision:
             coupon=data.get("coupon"),
             sender_name=data.get("sender_name"),
             cap_exempt=bool(data.get("cap_exempt", False)),
+            step=int(data.get("step", 0)),
+            variant=data.get("variant", ""),
+            send=int(data.get("send", 0)),
+            order_id=data.get("order_id"),
         )

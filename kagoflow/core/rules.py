@@ -19,13 +19,14 @@ import yaml
 from kagoflow.core.abandonrule import AbandonmentRule, parse_abandonment_rule
 from kagoflow.core.caps import CapLimits
 from kagoflow.core.errors import RuleError
+from kagoflow.core.scenariorule import ScenarioRule, parse_scenario_rule
 from kagoflow.core.shoptime import DEFAULT_TZ
 
 __all__ = ["AbandonmentRule", "PriceRuleLike", "RuleSet", "ShopConfig", "load_rules", "parse_shop"]
 
 SHOP_FILES = ("shop.yaml", "shop.yml")
 _SHOP_KEYS = ("timezone", "caps", "sender_name")
-_KINDS = ("abandonment", "price_drop", "restock")
+_KINDS = ("abandonment", "price_drop", "restock", "scenario")
 
 
 class PriceRuleLike(Protocol):
@@ -64,11 +65,12 @@ class RuleSet:
     shop: ShopConfig = field(default_factory=ShopConfig)
     abandonment: list[AbandonmentRule] = field(default_factory=list)
     price: list[PriceRuleLike] = field(default_factory=list)
-    by_id: dict[str, AbandonmentRule | PriceRuleLike] = field(default_factory=dict)
+    by_id: dict[str, AbandonmentRule | PriceRuleLike | ScenarioRule] = field(default_factory=dict)
+    scenarios: list[ScenarioRule] = field(default_factory=list)
 
     def describe(self) -> list[str]:
-        """One human line per rule, in file-name order."""
-        return [rule.describe() for rule in self.by_id.values()]
+        """One human line per rule (a scenario: one more per step), in file-name order."""
+        return [line for rule in self.by_id.values() for line in rule.describe().split("\n")]
 
 
 class _RuleLoader(yaml.SafeLoader):
@@ -120,7 +122,8 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
             rule_files.append(path)
     abandonment: list[AbandonmentRule] = []
     price: list[PriceRuleLike] = []
-    by_id: dict[str, AbandonmentRule | PriceRuleLike] = {}
+    scenarios: list[ScenarioRule] = []
+    by_id: dict[str, AbandonmentRule | PriceRuleLike | ScenarioRule] = {}
     files: dict[str, str] = {}
     for path in rule_files:
         file = str(path)
@@ -130,7 +133,7 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
         if not isinstance(data, Mapping):
             raise RuleError(file, "", data, "a rule file must be a mapping of keys")
         kind = data.get("kind")
-        rule: AbandonmentRule | PriceRuleLike
+        rule: AbandonmentRule | PriceRuleLike | ScenarioRule
         if kind == "abandonment":
             rule = parse_abandonment_rule(data, file=file, templates_dir=templates_dir,
                                           min_delay_seconds=min_delay_seconds)
@@ -138,13 +141,17 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
         elif kind in ("price_drop", "restock"):
             rule = _parse_price(data, file=file, templates_dir=templates_dir)
             price.append(rule)
+        elif kind == "scenario":
+            rule = parse_scenario_rule(data, file=file, templates_dir=templates_dir,
+                                       min_delay_seconds=min_delay_seconds)
+            scenarios.append(rule)
         else:
             raise RuleError(file, "kind", kind, f"unknown kind (use {', '.join(_KINDS)})")
         if rule.id in by_id:
             raise RuleError(file, "id", rule.id, f"duplicate rule id (also in {files[rule.id]})")
         by_id[rule.id] = rule
         files[rule.id] = file
-    return RuleSet(shop=shop, abandonment=abandonment, price=price, by_id=by_id)
+    return RuleSet(shop=shop, abandonment=abandonment, price=price, by_id=by_id, scenarios=scenarios)
 
 
 def _parse_price(data: Mapping[str, Any], *, file: str, templates_dir: Path | None) -> PriceRuleLike:
