@@ -108,7 +108,8 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     deliverer = Deliverer(settings, store=store, sink=engagement)
 
     processor = None if settings.engine_process else make_processor(
-        settings, ruleset, table=member_table, catalog=catalog, caps=store.caps, outbox=outbox)
+        settings, ruleset, table=member_table, catalog=catalog, caps=store.caps, outbox=outbox,
+        addresses=store)
     link = EngineLink(topics=engine_topics(names), env={**os.environ, **to_env(settings)}) \
         if settings.engine_process else None
     member_topics = app.topic(

@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 import orjson
 
@@ -29,8 +29,9 @@ from kagoflow.core.catalog import ProductInfo, apply_catalog
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
-from kagoflow.core.events import Beacon, CatalogUpdate, Record
+from kagoflow.core.events import Beacon, CatalogUpdate, Engagement, MemberUpdate, Record
 from kagoflow.core.rules import RuleSet, load_rules
+from kagoflow.core.suppression import InMemoryAddressBook, address_reason, apply_address_suppression
 from kagoflow.core.watchindex import WatchIndex
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class Replay:
         self.states: dict[str, MemberState] = {}
         self.catalog: dict[str, ProductInfo] = {}
         self.caps = InMemoryCapStore()
+        self.addresses = InMemoryAddressBook()
+        """Unsubscribed / bounced addresses: suppress other member ids with them, as the worker does."""
         self.index = WatchIndex() if self.engine.price_rules else None
         self.clock: int | None = None
         self._heap: list[tuple[int, int, str]] = []
@@ -73,6 +76,8 @@ class Replay:
         if isinstance(record, Beacon) and state.seen_event(record.event_id):
             return out
         decisions = self.engine.handle(state, record, catalog=self.catalog)
+        if isinstance(record, Engagement | MemberUpdate) and (reason := address_reason(state)) is not None:
+            await self.addresses.list_addresses([(cast(str, state.email), reason)], now_ms=ts)
         if self.index is not None and state.touched:
             for product_id in state.touched:
                 self.index.update(state.member_id, product_id, state.product_state(product_id))
@@ -110,7 +115,12 @@ class Replay:
             heapq.heappush(self._heap, (due, self._seq, member_id))
 
     async def _caps(self, decisions: list[Decision]) -> list[Decision]:
-        return await apply_caps(decisions, self.caps, limits=self.shop.caps, tz=self.shop.timezone)
+        capped = await apply_caps(decisions, self.caps, limits=self.shop.caps, tz=self.shop.timezone)
+        return await apply_address_suppression(capped, self.addresses, self._email_of)
+
+    def _email_of(self, member_id: str) -> str | None:
+        state = self.states.get(member_id)
+        return None if state is None else state.email
 
     def _apply_catalog(self, update: CatalogUpdate) -> None:
         prev = self.catalog.get(update.product_id)

@@ -68,6 +68,13 @@ class RuleSet:
     by_id: dict[str, AbandonmentRule | PriceRuleLike | ScenarioRule] = field(default_factory=dict)
     scenarios: list[ScenarioRule] = field(default_factory=list)
 
+    def template_names(self) -> set[str]:
+        """Every template a rule names (each step's, both of an A/B pair)."""
+        names = {rule.template for rule in self.by_id.values()}
+        for scenario in self.scenarios:
+            names.update(name for step in scenario.steps for name in step.templates)
+        return names
+
     def describe(self) -> list[str]:
         """One human line per rule (a scenario: one more per step), in file-name order."""
         return [line for rule in self.by_id.values() for line in rule.describe().split("\n")]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 from kagoflow.core.behaviour import MemberState, consent_reason
 from kagoflow.core.catalog import CatalogLookup
@@ -31,7 +32,7 @@ from kagoflow.core.decisions import Decision, DecisionStatus
 from kagoflow.core.events import Beacon, Engagement, MemberRecord, OrderUpdate
 from kagoflow.core.rules import ShopConfig
 from kagoflow.core.scenariorule import Repeat, ScenarioRule, Step
-from kagoflow.core.shoptime import days_later_at, next_local_time_after
+from kagoflow.core.shoptime import days_later_at, local_date, next_local_time_after
 
 DEFAULT_CANCELLED = frozenset({"cancelled", "canceled", "returned"})
 """shop.yaml ``cancelled_statuses`` default (SPEC §13)."""
@@ -61,6 +62,20 @@ def step_of_key(key: str, member_id: str, rule_id: str) -> int:
     if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
         return int(parts[1])
     return 0
+
+
+def order_snapshot(state: MemberState, order_id: str, tz: ZoneInfo) -> dict[str, Any]:
+    """The run's order for the mail (number, shop-local dates, amount), carried on the ``sent`` decision."""
+    order = state.runs.get("o", {}).get(order_id) if state.runs else None
+    if order is None:
+        return {"order_id": order_id}
+
+    def day(ms: int | None) -> str:
+        return "" if ms is None else local_date(ms, tz).isoformat()
+
+    total = order[5] if order[5] is not None else sum(qty * price for _, qty, price in order[3])
+    return {"order_id": order_id, "ordered_on": day(order[0]), "shipped_on": day(order[1]),
+            "delivered_on": day(order[2]), "total": total}
 
 
 class ScenarioProgram:

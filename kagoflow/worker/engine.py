@@ -171,7 +171,8 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
     catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone, topic=names.catalog)
     outbox = KafkaOutbox(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.app_id}-engine")
     store = RedisStore.from_url(settings.redis_url, prefix=f"{settings.app_id}:")
-    processor = make_processor(settings, ruleset, table=table, catalog=catalog, caps=store.caps, outbox=outbox)
+    processor = make_processor(settings, ruleset, table=table, catalog=catalog, caps=store.caps, outbox=outbox,
+                               addresses=store)
     await outbox.start()
     await catalog.start()
     archiver = None
