@@ -11,7 +11,8 @@ rebalance resumes every run)::
 A run is ``{"s": scenario, "o": order_id, "t": start ms, "k": current step (1-based), "j": sends of step
 k so far, "p": time of the run's latest sent mail (None before the first), "st": send times of step k,
 "op"/"cl"/"cu": a human open / click of step k, a coupon of the scenario used since step k's first send,
-"b": products purchased since the start, "ba": any purchase since the start, "pr": the order's products}``.
+"b": products purchased since the start, "ba": any purchase since the start, "pr": the order's products,
+"c": [next due, rules tag] — a cache of ``next_due``, dropped whenever the run or its order changes}``.
 
 The run is always *settled* at rest: after every record and every send, a step whose ``repeat`` condition
 no longer holds (or that has no repeat and was sent) is finished and the next one becomes current
@@ -88,6 +89,9 @@ class ScenarioProgram:
         self.by_priority = sorted(self.rules.values(), key=lambda rule: (-rule.priority, rule.id))
         self.tz = shop.timezone
         self.cancelled = frozenset(getattr(shop, "cancelled_statuses", DEFAULT_CANCELLED))
+        self.tag = hash((tuple(self.by_priority), self.tz.key, self.cancelled)) & 0xFFFFFFFF
+        """Validity tag of the next-due cache kept in a run (``"c"``): a cache written under other rules (or
+        by another process, whose string hashes differ) is recomputed."""
 
     # -- Program ----------------------------------------------------------------------------------------
     def on_record(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
@@ -96,10 +100,13 @@ class ScenarioProgram:
             self._remember(state, cast(OrderUpdate, record))
         elif not state.runs or "a" not in state.runs:
             return []
+        elif record_type is Beacon and cast(Beacon, record).type != "purchase":
+            return []  # only purchases concern a run; what was due at ts fired before the record
         out: list[Decision] = []
         ts = record.ts
         run = state.runs.get("a")
         if run is not None:
+            run.pop("c", None)
             rule = self.rules.get(run["s"])
             if rule is None:
                 out.append(self._finish(state, run, None, "ended", "rule_removed", ts))
@@ -117,10 +124,15 @@ class ScenarioProgram:
         run = runs.get("a")
         if run is None:
             return None
+        cached = run.get("c")
+        if cached is not None and cached[1] == self.tag:
+            return cast("int | None", cached[0])
         rule = self.rules.get(run["s"])
         if rule is None:
             return None
-        return self._next(state, run, rule)[0]
+        due = self._next(state, run, rule)[0]
+        run["c"] = [due, self.tag]
+        return due
 
     def fire_due(self, state: MemberState, now_ms: int, *, catalog: CatalogLookup) -> list[Decision]:
         out: list[Decision] = []
@@ -137,6 +149,7 @@ class ScenarioProgram:
             due, action = self._next(state, run, rule)
             if due is None or due > now_ms:
                 break
+            run.pop("c", None)
             self._act(state, run, rule, action, due, now_ms, out)
         return out
 
