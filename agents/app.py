@@ -110,7 +110,8 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
 
     coupons = RedisCouponPool(store.client, prefix=f"{settings.app_id}:")
     processor = None if settings.engine_process else make_processor(
-        settings, ruleset, table=member_table, catalog=catalog, caps=store.caps, outbox=outbox, coupons=coupons)
+        settings, ruleset, table=member_table, catalog=catalog, caps=store.caps, outbox=outbox,
+        addresses=store, coupons=coupons)
     link = EngineLink(topics=engine_topics(names), env={**os.environ, **to_env(settings)}) \
         if settings.engine_process else None
     member_topics = app.topic(

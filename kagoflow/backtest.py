@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 import orjson
 
@@ -31,15 +31,18 @@ from kagoflow.core.coupons import MemoryCouponPool
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
-from kagoflow.core.events import Beacon, CatalogUpdate, Record
+from kagoflow.core.events import Beacon, CatalogUpdate, Engagement, MemberUpdate, Record
 from kagoflow.core.rules import RuleSet, load_rules
+from kagoflow.core.suppression import InMemoryAddressBook, address_reason, apply_address_suppression
 from kagoflow.core.watchindex import WatchIndex
 
 if TYPE_CHECKING:
     from kagoflow.settings import Settings
 
 STATUSES = ("sent", "capped", "suppressed", "skipped")
-"""Summary columns; other statuses (``held_out``, ...) get a column when they occur."""
+"""Summary columns; ``held_out`` gets a column when it occurs."""
+LIFE_STATUSES = ("started", "ended", "converted")
+"""Summary columns added when the rules hold scenarios."""
 RUN_ON_DAYS = 400
 """SPEC §13: after the last record the clock runs on until nothing is pending or for at most 400 days."""
 PROGRESS_EVERY = 20_000
@@ -58,6 +61,8 @@ class Replay:
         self.states: dict[str, MemberState] = {}
         self.catalog: dict[str, ProductInfo] = {}
         self.caps = InMemoryCapStore()
+        self.addresses = InMemoryAddressBook()
+        """Unsubscribed / bounced addresses: suppress other member ids with them, as the worker does."""
         self.index = WatchIndex() if self.engine.price_rules else None
         self.clock: int | None = None
         self._heap: list[tuple[int, int, str]] = []
@@ -79,6 +84,8 @@ class Replay:
         if isinstance(record, Beacon) and state.seen_event(record.event_id):
             return out
         decisions = self.engine.handle(state, record, catalog=self.catalog)
+        if isinstance(record, Engagement | MemberUpdate) and (reason := address_reason(state)) is not None:
+            await self.addresses.list_addresses([(cast(str, state.email), reason)], now_ms=ts)
         if self.index is not None and state.touched:
             for product_id in state.touched:
                 self.index.update(state.member_id, product_id, state.product_state(product_id))
@@ -119,15 +126,20 @@ class Replay:
             heapq.heappush(self._heap, (due, self._seq, member_id))
 
     async def _caps(self, decisions: list[Decision]) -> list[Decision]:
-        """Caps, then coupons (SPEC §14 fine points: caps → holdout → coupon)."""
+        """Caps, address suppression, then coupons (SPEC §14 fine points: caps → holdout → coupon)."""
         capped = await apply_caps(decisions, self.caps, limits=self.shop.caps, tz=self.shop.timezone)
-        final, issued = await self.coupons.apply(capped, self.states.get)
+        checked = await apply_address_suppression(capped, self.addresses, self._email_of)
+        final, issued = await self.coupons.apply(checked, self.states.get)
         if issued:
             self.issued.extend(issued)
         for decision in final:
             if decision.status == "skipped" and decision.reason == "coupon_pool_empty":
                 self._schedule(self.states[decision.member_id])  # the reopened episode may be due again
         return final
+
+    def _email_of(self, member_id: str) -> str | None:
+        state = self.states.get(member_id)
+        return None if state is None else state.email
 
     def _apply_catalog(self, update: CatalogUpdate) -> None:
         prev = self.catalog.get(update.product_id)
@@ -297,7 +309,8 @@ async def _run(
 def _summary(rules: RuleSet, counts: Counter[tuple[str, str]], *, records: int) -> None:
     ids = list(rules.by_id) + sorted({rule for rule, _ in counts} - set(rules.by_id))
     width = max([len("rule"), *map(len, ids)])
-    statuses = (*STATUSES, *sorted({status for _, status in counts} - set(STATUSES)))
+    shown: tuple[str, ...] = STATUSES + LIFE_STATUSES if rules.scenarios else STATUSES
+    statuses = shown + tuple(sorted({status for _, status in counts} - set(shown)))
     lines = [f"backtest: {records} records", f"{'rule':<{width}}  " + "  ".join(f"{s:>10}" for s in statuses)]
     for rule_id in ids:
         lines.append(f"{rule_id:<{width}}  " + "  ".join(f"{counts[rule_id, s]:>10}" for s in statuses))

@@ -124,6 +124,8 @@ CREATE TABLE IF NOT EXISTS kagoflow.mail_decisions
     cap_exempt UInt8,
     step UInt8,
     variant String,
+    send UInt8 DEFAULT 0,
+    order_id String DEFAULT '',
     kafka_partition UInt16,
     kafka_offset UInt64,
     archived_at DateTime('UTC') DEFAULT now()

@@ -8,7 +8,7 @@ because Redis was away.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -332,6 +332,23 @@ class RedisStore:
             if raw is not None:
                 return _reason(raw)
         return None
+
+    async def list_addresses(self, entries: Sequence[tuple[str, str]], *, now_ms: int) -> None:
+        """``kagoflow.core.suppression.AddressBook``: list (email, reason) pairs (an entry already there keeps
+        its first reason and time)."""
+        if not entries:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for email, reason in entries:
+                pipe.hsetnx(self._suppressed_emails, _norm_email(email), f"{reason}|{now_ms}")
+            await _guard(pipe.execute)
+
+    async def address_reasons(self, emails: Sequence[str]) -> list[str | None]:
+        """``AddressBook``: one HMGET for a batch of decisions."""
+        if not emails:
+            return []
+        raw = await _guard(lambda: self.client.hmget(self._suppressed_emails, [_norm_email(e) for e in emails]))
+        return [None if value is None else _reason(value) for value in raw]
 
     async def unsuppress(self, *, member_id: str | None = None, email: str | None = None) -> None:
         """Re-subscribe (an operator action, e.g. after a member opted in again)."""

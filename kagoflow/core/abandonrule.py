@@ -314,16 +314,20 @@ def _parse_filters(value: object, *, file: str) -> Filters:
         min_cart_amount = float(raw)
     product_purchase_count = None
     if "product_purchase_count" in value:
-        raw = value["product_purchase_count"]
-        key = "filters.product_purchase_count"
-        if not isinstance(raw, Mapping) or "products" not in raw:
-            raise RuleError(file, key, raw, "must be {products: [sku, ...], min: N, max: N}")
-        _no_unknown_keys(raw, ("products", "min", "max"), file=file, prefix=key + ".")
-        products = _product_list(raw["products"], file=file, key=key + ".products")
-        bounds = {k: v for k, v in raw.items() if k != "products"}
-        product_purchase_count = (products, _count_range(bounds, file=file, key=key))
+        product_purchase_count = parse_product_purchase_count(
+            value["product_purchase_count"], file=file, key="filters.product_purchase_count")
     return Filters(purchase_count, devices, min_cart_amount, product_purchase_count, member,
                    tuple(str(name) for name in value))
+
+
+def parse_product_purchase_count(raw: object, *, file: str, key: str) -> tuple[frozenset[str], CountRange]:
+    """``{products: [sku, ...], min: N, max: N}`` (abandonment filters, scenario start conditions)."""
+    if not isinstance(raw, Mapping) or "products" not in raw:
+        raise RuleError(file, key, raw, "must be {products: [sku, ...], min: N, max: N}")
+    _no_unknown_keys(raw, ("products", "min", "max"), file=file, prefix=key + ".")
+    products = _product_list(raw["products"], file=file, key=key + ".products")
+    bounds = {k: v for k, v in raw.items() if k != "products"}
+    return products, _count_range(bounds, file=file, key=key)
 
 
 def _count_range(value: object, *, file: str, key: str) -> CountRange:

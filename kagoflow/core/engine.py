@@ -28,6 +28,7 @@ from kagoflow.core.pricerules import PriceRule
 from kagoflow.core.program import Program
 from kagoflow.core.programs import AbandonmentProgram, PriceWatchProgram
 from kagoflow.core.rules import PriceRuleLike, RuleSet
+from kagoflow.core.scenario import ScenarioProgram
 
 
 def default_programs(rules: RuleSet) -> list[Program]:
@@ -40,6 +41,8 @@ def default_programs(rules: RuleSet) -> list[Program]:
     price_rules = {rule.id: rule for rule in rules.price if rule.enabled}
     if price_rules:
         programs.append(PriceWatchProgram(cast(dict[str, PriceRule], price_rules)))
+    if any(rule.enabled for rule in rules.scenarios):
+        programs.append(ScenarioProgram(rules.scenarios, rules.shop))
     date_rules = [rule for rule in rules.customer if rule.enabled and isinstance(rule, DateRule)]
     if date_rules:
         programs.append(DateProgram(date_rules, rules.shop))

@@ -22,6 +22,7 @@ from kagoflow.core.coupons import CouponSpec, pool_path, read_pool
 from kagoflow.core.daterules import CustomerRule, parse_date_rule, parse_inactive_rule
 from kagoflow.core.errors import RuleError
 from kagoflow.core.memberfilters import SHOP_SEGMENT_KEYS, describe_segments, parse_segment_config
+from kagoflow.core.scenariorule import ScenarioRule, parse_scenario_rule
 from kagoflow.core.segments import SegmentConfig
 from kagoflow.core.shoptime import DEFAULT_TZ
 
@@ -29,7 +30,7 @@ __all__ = ["AbandonmentRule", "PriceRuleLike", "RuleSet", "ShopConfig", "load_ru
 
 SHOP_FILES = ("shop.yaml", "shop.yml")
 _SHOP_KEYS = ("timezone", "caps", "sender_name", *SHOP_SEGMENT_KEYS)
-_KINDS = ("abandonment", "price_drop", "restock", "date", "inactive")
+_KINDS = ("abandonment", "price_drop", "restock", "scenario", "date", "inactive")
 
 
 class PriceRuleLike(Protocol):
@@ -55,6 +56,10 @@ class ShopConfig:
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     """CPM / RFM thresholds, cancelled order statuses, attribution days (SPEC §13/§14)."""
 
+    @property
+    def cancelled_statuses(self) -> frozenset[str]:
+        return self.segments.cancelled_statuses
+
     def describe(self) -> str:
         caps = ", ".join(
             f"{name} {limit}" for name, limit in (("day", self.caps.day), ("week", self.caps.week),
@@ -71,14 +76,26 @@ class RuleSet:
     abandonment: list[AbandonmentRule] = field(default_factory=list)
     price: list[PriceRuleLike] = field(default_factory=list)
     by_id: dict[str, Any] = field(default_factory=dict)
+    scenarios: list[ScenarioRule] = field(default_factory=list)
     customer: list[CustomerRule] = field(default_factory=list)
     """``date`` and ``inactive`` rules (SPEC §13)."""
     coupon_pools: dict[str, list[str]] = field(default_factory=dict)
     """Pool name → its codes in file order, for every pool a rule names (``coupons/<pool>.txt``)."""
 
+    def template_names(self) -> set[str]:
+        """Every template a rule names (each step's, both of an A/B pair)."""
+        names = {rule.template for rule in self.by_id.values()}
+        for scenario in self.scenarios:
+            names.update(name for step in scenario.steps for name in step.templates)
+        for rule in self.by_id.values():
+            measurement = getattr(rule, "measurement", None)
+            if measurement is not None:
+                names.update(measurement.templates)
+        return names
+
     def describe(self) -> list[str]:
-        """One human line per rule, in file-name order."""
-        return [rule.describe() for rule in self.by_id.values()]
+        """One human line per rule (a scenario: one more per step), in file-name order."""
+        return [line for rule in self.by_id.values() for line in rule.describe().split("\n")]
 
 
 class _RuleLoader(yaml.SafeLoader):
@@ -130,6 +147,7 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
             rule_files.append(path)
     abandonment: list[AbandonmentRule] = []
     price: list[PriceRuleLike] = []
+    scenarios: list[ScenarioRule] = []
     customer_rules: list[CustomerRule] = []
     by_id: dict[str, Any] = {}
     files: dict[str, str] = {}
@@ -156,6 +174,10 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
             rule = parse_inactive_rule(data, file=file, templates_dir=templates_dir, rules_dir=dir,
                                        min_delay_seconds=min_delay_seconds)
             customer_rules.append(rule)
+        elif kind == "scenario":
+            rule = parse_scenario_rule(data, file=file, templates_dir=templates_dir,
+                                       min_delay_seconds=min_delay_seconds)
+            scenarios.append(rule)
         else:
             raise RuleError(file, "kind", kind, f"unknown kind (use {', '.join(_KINDS)})")
         if rule.id in by_id:
@@ -167,8 +189,8 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
         spec: CouponSpec | None = getattr(rule, "coupon", None)
         if isinstance(spec, CouponSpec) and spec.form == "pool" and spec.value not in pools:
             pools[spec.value] = read_pool(pool_path(dir, spec.value), file=rule.file)
-    return RuleSet(shop=shop, abandonment=abandonment, price=price, by_id=by_id, customer=customer_rules,
-                   coupon_pools=pools)
+    return RuleSet(shop=shop, abandonment=abandonment, price=price, by_id=by_id, scenarios=scenarios,
+                   customer=customer_rules, coupon_pools=pools)
 
 
 def _parse_price(data: Mapping[str, Any], *, file: str, templates_dir: Path | None,

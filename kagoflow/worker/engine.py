@@ -175,7 +175,7 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
     coupons = RedisCouponPool(store.client, prefix=f"{settings.app_id}:")
     await coupons.load_all(ruleset.coupon_pools)  # idempotent; every worker may do it
     processor = make_processor(settings, ruleset, table=table, catalog=catalog, caps=store.caps, outbox=outbox,
-                               coupons=coupons)
+                               addresses=store, coupons=coupons)
     await outbox.start()
     await catalog.start()
     archiver = None

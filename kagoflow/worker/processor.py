@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -29,8 +29,10 @@ from kagoflow.core.coupons import CouponPool
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
-from kagoflow.core.events import Beacon, MemberRecord
+from kagoflow.core.events import Beacon, Engagement, MemberRecord, MemberUpdate
 from kagoflow.core.rules import RuleSet
+from kagoflow.core.scenario import order_snapshot
+from kagoflow.core.suppression import AddressBook, address_reason, apply_address_suppression
 from kagoflow.core.watchindex import WatchIndex
 from kagoflow.settings import Settings
 from kagoflow.streams import contract
@@ -146,10 +148,15 @@ class MemberProcessor:
         profile_of: Callable[[MemberState], dict[str, Any] | None],
         scan: Callable[[set[int]], Iterable[MemberState]],
         names: Topics,
+        addresses: AddressBook | None = None,
         coupons: CouponPool | None = None,
         coupon_secret: str = "",
     ) -> None:
         self.engine = engine
+        self.addresses = addresses
+        """Cross-member suppression by e-mail address (``kagoflow.core.suppression``); None = off."""
+        self._to_list: list[tuple[str, str]] = []
+        """(email, reason) of unsubscribed / bounced members not yet written to ``addresses``."""
         self.ruleset = ruleset
         self.table = table
         self.catalog = catalog
@@ -235,6 +242,8 @@ class MemberProcessor:
             await self._dead_letter(book, topic, partition, offset, value, f"internal: {type(exc).__name__}: {exc}")
         if book.due and book.due[0][0] <= now:
             decisions += self._fire_due(partition, now)
+        if self._to_list:
+            await self._list_addresses(now)
         if decisions:
             await self._emit(book, decisions)
         if book.flushing is not None or book.flush_due(now, self.flush_interval_ms):
@@ -267,6 +276,11 @@ class MemberProcessor:
         state.touched = ()
         decisions = self.engine.handle(state, record, catalog=self.catalog)
         self._after_change(partition, state, state.touched)
+        record_type = type(record)
+        if (record_type is Engagement or record_type is MemberUpdate) and self.addresses is not None:
+            reason = address_reason(state)
+            if reason is not None:
+                self._to_list.append((cast(str, state.email), reason))
         return decisions
 
     async def _on_trigger(self, book: PartitionBook[MemberState, Ackable], value: bytes, now: int) -> None:
@@ -334,8 +348,10 @@ class MemberProcessor:
         delay = 0.2
         while True:
             try:
-                capped = await apply_caps(decisions, self.caps, limits=shop.caps, tz=shop.timezone)
-                final, issued = await self.coupon_step.apply(capped, self.cache.peek)
+                final = await apply_caps(decisions, self.caps, limits=shop.caps, tz=shop.timezone)
+                if self.addresses is not None:
+                    final = await apply_address_suppression(final, self.addresses, self._email_of)
+                final, issued = await self.coupon_step.apply(final, self.cache.peek)
                 break
             except Exception as exc:  # Redis away: the mail waits; it is never sent uncapped
                 log.warning("cap store unavailable (%s); %d decisions wait %.1fs", exc, len(decisions), delay)
@@ -349,7 +365,10 @@ class MemberProcessor:
             payload = decision.to_json()
             if decision.status == "sent":
                 state = self.cache.peek(decision.member_id)
-                payload["profile"] = self.profile_of(state) if state is not None else None
+                profile = self.profile_of(state) if state is not None else None
+                if profile is not None and state is not None and decision.order_id is not None:
+                    profile["order"] = order_snapshot(state, decision.order_id, shop.timezone)
+                payload["profile"] = profile
             records.append((decision.member_id.encode(), dumps(payload)))
         # mail_decisions is co-partitioned with the member topics: a member's decisions go to its partition
         book.in_flight += await self.outbox.send_many(self.names.mail_decisions, records, partition=book.partition)
@@ -372,6 +391,21 @@ class MemberProcessor:
         if issued:
             records = [(coupon.code.encode(), coupon.to_bytes()) for coupon in issued]
             book.in_flight += await self.outbox.send_many(self.names.coupons_issued, records)
+
+    def _email_of(self, member_id: str) -> str | None:
+        state = self.cache.peek(member_id)
+        return None if state is None else state.email
+
+    async def _list_addresses(self, now: int) -> None:
+        """Write the addresses of members whose unsubscribe / bounce reached their state; on a Redis outage
+        keep them for the next event (their states stay the durable record; ``rebuild`` re-lists them)."""
+        assert self.addresses is not None
+        entries, self._to_list = self._to_list, []
+        try:
+            await self.addresses.list_addresses(entries, now_ms=now)
+        except Exception as exc:
+            log.warning("address suppression list unavailable (%s); %d addresses wait", exc, len(entries))
+            self._to_list = entries[-100_000:] + self._to_list
 
     async def _dead_letter(
         self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int, value: bytes,
@@ -440,6 +474,8 @@ class MemberProcessor:
                 continue
             count += 1
             self.books[owner].schedule(self.engine.next_due(state), state.member_id)
+            if self.addresses is not None and (reason := address_reason(state)) is not None:
+                self._to_list.append((cast(str, state.email), reason))
             if not self.engine.price_rules:
                 continue
             index = self.indexes[owner]
@@ -463,7 +499,8 @@ class ScannableTable(StateTable, Protocol):
 
 
 def make_processor(settings: Settings, ruleset: RuleSet, *, table: ScannableTable, catalog: CatalogLookup,
-                   caps: CapStore, outbox: Outbox, coupons: CouponPool | None = None) -> MemberProcessor:
+                   caps: CapStore, outbox: Outbox, addresses: AddressBook | None = None,
+                   coupons: CouponPool | None = None) -> MemberProcessor:
     """The member processor as the worker (or its engine process) runs it, reading ``table``'s buckets."""
 
     def scan(partitions: set[int]) -> Iterator[MemberState]:
@@ -486,6 +523,7 @@ def make_processor(settings: Settings, ruleset: RuleSet, *, table: ScannableTabl
         bucket_cache_bytes=settings.state_cache_mb * 1024 * 1024,
         profile_of=profile_snapshot,
         scan=scan,
+        addresses=addresses,
         coupons=coupons,
         coupon_secret=settings.tracking_secret,
     )

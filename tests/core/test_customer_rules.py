@@ -277,3 +277,18 @@ def test_price_rule_filters_come_before_consent(tmp_path: Path) -> None:
     ]
     got = {(d.member_id, d.status, d.reason) for d in replay(rules, records)[0]}
     assert got == {("f", "skipped", "filter:gender"), ("m", "sent", "")}
+
+
+def test_scenario_start_filters_are_evaluated_at_the_start(tmp_path: Path) -> None:
+    scenario = {"id": "welcome", "kind": "scenario",
+                "start": {"status": ["ordered"], "filters": {"cpm": ["first_active"]}},
+                "steps": [{"send": {"anchor": "ordered", "after": "1h"}, "template": "thanks"}]}
+    rules = rules_dir(tmp_path, scenario)
+    first = [profile("2026-01-01 00:00"), order("2026-01-02 10:00", "o1")]
+    assert [(d.status, d.step) for d in replay(rules, first)[0]][:2] == [("started", 0), ("sent", 1)]
+    second = [order("2025-12-01 10:00", "o0"), profile("2026-01-01 00:00"), order("2026-01-02 10:00", "o1")]
+    started = [d.order_id for d in replay(rules, second)[0] if d.status == "started"]
+    assert started == ["o0"], "the second order makes the member toddler_active: no start"
+    unfiltered = rules_dir(tmp_path / "plain" if (tmp_path / "plain").mkdir() is None else tmp_path,
+                           {**scenario, "start": {"status": ["ordered"]}})
+    assert [d.order_id for d in replay(unfiltered, second)[0] if d.status == "started"] == ["o0", "o1"]

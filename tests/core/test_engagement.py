@@ -78,3 +78,24 @@ def test_engagement_contract_reads_both_shapes() -> None:
         contract.parse_engagement(b'{"member_id":"m1","event":"like","ts":1}')
     with pytest.raises(ContractError, match="at_ms"):
         contract.parse_engagement(b'{"member_id":"m1","event":"open"}')
+
+
+def test_another_member_id_with_the_same_address_is_suppressed_too() -> None:
+    shared = "Taro@Example.com"
+    records = [
+        profile("2026-11-01 00:00", member="m1", email=shared),
+        profile("2026-11-01 00:00", member="m2", email=" taro@example.com"),
+        profile("2026-11-01 00:00", member="m3", email="hanako@example.com"),
+        unsubscribe("2026-11-20 10:00", member="m1"),
+        beacon("cart_add", "2026-11-24 10:00", "A", member="m2"),
+        beacon("cart_add", "2026-11-24 10:00", "A", member="m3"),
+    ]
+    by_member = {d.member_id: (d.status, d.reason) for d in run(ruleset(rule("r")), records)}
+    assert by_member == {"m2": ("suppressed", "unsubscribed"), "m3": ("sent", "")}
+    # a profile that arrives after the unsubscribe lists the address too
+    late_profile = [unsubscribe("2026-11-20 10:00", member="m1", event="bounce"),
+                    profile("2026-11-21 00:00", member="m1", email=shared),
+                    profile("2026-11-01 00:00", member="m2", email=shared),
+                    beacon("cart_add", "2026-11-24 10:00", "A", member="m2")]
+    assert brief(run(ruleset(rule("r")), late_profile)) == [
+        ("r", "suppressed", "bounced", "2026-11-24 11:00", ("A",))]
