@@ -289,6 +289,6 @@ def test_scenario_start_filters_are_evaluated_at_the_start(tmp_path: Path) -> No
     second = [order("2025-12-01 10:00", "o0"), profile("2026-01-01 00:00"), order("2026-01-02 10:00", "o1")]
     started = [d.order_id for d in replay(rules, second)[0] if d.status == "started"]
     assert started == ["o0"], "the second order makes the member toddler_active: no start"
-    unfiltered = rules_dir(tmp_path / "plain" if (tmp_path / "plain").mkdir() is None else tmp_path,
-                           {**scenario, "start": {"status": ["ordered"]}})
+    (tmp_path / "plain").mkdir()
+    unfiltered = rules_dir(tmp_path / "plain", {**scenario, "start": {"status": ["ordered"]}})
     assert [d.order_id for d in replay(unfiltered, second)[0] if d.status == "started"] == ["o0", "o1"]
