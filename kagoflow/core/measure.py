@@ -35,7 +35,8 @@ def measured_rules(rules: Iterable[Any]) -> dict[str, Any]:
         measurement: Measurement | None = getattr(rule, "measurement", None)
         filters = getattr(rule, "filters", None)
         if (measurement is not None and (measurement.is_ab or measurement.holdout)) or getattr(
-                rule, "send_b", None) is not None or (getattr(rule, "kind", "") in _FILTERED_HERE and filters):
+                rule, "send_b", None) is not None or (getattr(rule, "kind", "") in _FILTERED_HERE and filters) \
+                or getattr(rule, "holdout", 0):
             out[rule.id] = rule
     return out
 
@@ -63,10 +64,14 @@ def _finish_one(state: MemberState, decision: Decision, rule: Any, *, tz: Any, s
             return decision.with_status("skipped", f"filter:{failed}")
     if status != "sent":
         return decision
-    measurement: Measurement | None = getattr(rule, "measurement", None)
-    if measurement is None or decision.kind == "scenario":
-        return decision  # scenarios pick their step's variant themselves
     member = decision.member_id
+    if decision.kind == "scenario":  # scenarios pick their step's variant themselves; the run went on as sent
+        if is_held_out(member, decision.rule_id, getattr(rule, "holdout", 0)):
+            decision = replace(decision, status="held_out", cap_exempt=True, coupon=None)
+        return decision
+    measurement: Measurement | None = getattr(rule, "measurement", None)
+    if measurement is None:
+        return decision
     if measurement.is_ab:
         template, variant = measurement.pick(member, decision.rule_id)
         decision = replace(decision, template=template, variant=variant)
@@ -76,7 +81,3 @@ def _finish_one(state: MemberState, decision: Decision, rule: Any, *, tz: Any, s
         decision = replace(decision, status="held_out", cap_exempt=True)
     return decision
 
-
-def holdout_of(rule: Any) -> int:
-    measurement: Measurement | None = getattr(rule, "measurement", None)
-    return measurement.holdout if measurement is not None else int(getattr(rule, "holdout", 0) or 0)

@@ -26,6 +26,7 @@ from kagoflow.core.abandonrule import (
 )
 from kagoflow.core.errors import RuleError
 from kagoflow.core.memberfilters import MemberFilter, parse_member_filters
+from kagoflow.core.variants import parse_measurement
 
 Anchor = Literal["ordered", "shipped", "delivered", "previous"]
 ANCHORS: tuple[str, ...] = ("ordered", "shipped", "delivered", "previous")
@@ -38,7 +39,7 @@ DEFAULT_LATE_AFTER_MS = 3 * DAY_MS
 DEFAULT_ANCHOR_WAIT_MS = 30 * DAY_MS
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
 _TOP_KEYS = ("id", "kind", "priority", "start", "end", "late_after", "anchor_wait", "steps", "sender_name",
-             "coupon", "enabled")
+             "coupon", "enabled", "holdout")
 _START_KEYS = ("status", "products", "order_count", "min_amount", "coupons", "product_purchase_count", "filters")
 _STEP_KEYS = ("send", "template", "split", "repeat")
 
@@ -107,6 +108,8 @@ class ScenarioRule:
     kind: Literal["scenario"] = "scenario"
     start_filters: tuple[MemberFilter, ...] = ()
     """``start.filters``: member filters of SPEC §13, evaluated at the start."""
+    holdout: int = 0
+    """Percent of members held out (SPEC §14): their sends become ``held_out`` (``kagoflow.core.measure``)."""
 
     @property
     def template(self) -> str:
@@ -194,7 +197,8 @@ def parse_scenario_rule(
         id=rule_id, steps=steps, priority=priority, end_status=end_status, end_purchased=end_purchased,
         late_after_ms=late_after, anchor_wait_ms=anchor_wait,
         sender_name=_optional_text(data, "sender_name", file=file), coupon=coupon,
-        enabled=_enabled(data.get("enabled", True), file=file), file=file, **start,
+        enabled=_enabled(data.get("enabled", True), file=file), file=file,
+        holdout=parse_measurement(data, file=file, templates_dir=None, default_template="-").holdout, **start,
     )
 
 

@@ -292,3 +292,20 @@ def test_scenario_start_filters_are_evaluated_at_the_start(tmp_path: Path) -> No
     (tmp_path / "plain").mkdir()
     unfiltered = rules_dir(tmp_path / "plain", {**scenario, "start": {"status": ["ordered"]}})
     assert [d.order_id for d in replay(unfiltered, second)[0] if d.status == "started"] == ["o0", "o1"]
+
+
+def test_scenario_holdout_goes_on_as_after_a_send(tmp_path: Path) -> None:
+    scenario = {"id": "follow", "kind": "scenario", "holdout": 50, "coupon": "F10",
+                "start": {"status": ["ordered"]},
+                "steps": [{"send": {"anchor": "ordered", "after": "1h"}, "template": "thanks"},
+                          {"send": {"anchor": "previous", "after": "1d"}, "template": "review"}]}
+    rules = rules_dir(tmp_path, scenario)
+    held, kept = _members("follow", 50)
+    records: list[Record] = []
+    for m in (held, kept):
+        records += [profile("2026-01-01 00:00", member=m), order("2026-01-02 10:00", f"o-{m}", member=m)]
+    mails = [(d.member_id, d.step, d.status, d.coupon, local(d.at_ms)) for d in replay(rules, records)[0]
+             if d.step > 0]
+    assert sorted(mails) == sorted([
+        (held, 1, "held_out", None, "2026-01-02 11:00"), (held, 2, "held_out", None, "2026-01-03 11:00"),
+        (kept, 1, "sent", "F10", "2026-01-02 11:00"), (kept, 2, "sent", "F10", "2026-01-03 11:00")])
