@@ -216,6 +216,13 @@ ANY LEFT JOIN
     WHERE coupon != '' AND status NOT IN ('cancelled', 'canceled', 'returned')
     GROUP BY coupon, member_id
 ) AS first_orders USING (code, member_id);
+
+-- Coupon report per rule / variant / shop-local day of issue: codes issued and redeemed.
+DROP TABLE IF EXISTS kagoflow.v_coupon_report;
+CREATE VIEW kagoflow.v_coupon_report AS
+SELECT rule_id, variant, toDate(issued_at, 'Asia/Tokyo') AS day, count() AS issued, sum(redeemed) AS redeemed
+FROM kagoflow.v_coupon_redemptions
+GROUP BY rule_id, variant, day;
 DROP TABLE IF EXISTS kagoflow.v_engagement;
 CREATE VIEW kagoflow.v_engagement AS SELECT * FROM kagoflow.engagement FINAL;
 

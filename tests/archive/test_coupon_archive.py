@@ -51,3 +51,5 @@ def test_an_order_carrying_an_issued_code_shows_as_redeemed(archive: ClickHouseA
     rows = archive.query(f"SELECT code, redeemed, order_id FROM {archive.database}.v_coupon_redemptions "
                          "ORDER BY code")
     assert [tuple(r) for r in rows] == [("WB-1", 1, "o1"), ("WB-2", 0, ""), ("WB-3", 0, ""), ("WB-4", 0, "")]
+    report = archive.query(f"SELECT rule_id, issued, redeemed FROM {archive.database}.v_coupon_report")
+    assert [tuple(r) for r in report] == [("winback", 4, 1)]
