@@ -56,7 +56,7 @@ class Replay:
         self.engine = Engine(rules)
         self.shop = rules.shop
         self.coupons = CouponStep(rules.by_id.values(), pool=MemoryCouponPool(rules.coupon_pools),
-                                  secret=secret, tz=rules.shop.timezone)
+                                  secret=secret, tz=rules.shop.timezone, on_empty=self.engine.coupon_pool_empty)
         self.issued: list[IssuedCoupon] = []
         self.states: dict[str, MemberState] = {}
         self.catalog: dict[str, ProductInfo] = {}

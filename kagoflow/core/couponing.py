@@ -51,7 +51,8 @@ class IssuedCoupon:
 class CouponStep:
     """Attach coupons to ``sent`` decisions; count empty pools; warn when a pool runs below 10 %."""
 
-    def __init__(self, rules: Iterable[Any], *, pool: CouponPool | None, secret: str, tz: Any) -> None:
+    def __init__(self, rules: Iterable[Any], *, pool: CouponPool | None, secret: str, tz: Any,
+                 on_empty: Callable[[MemberState, Decision], list[Decision]] | None = None) -> None:
         self.specs: dict[str, CouponSpec] = {}
         for rule in rules:
             spec = getattr(rule, "coupon", None)
@@ -64,6 +65,8 @@ class CouponStep:
         """Decisions skipped for an empty pool (a metric)."""
         self.low: set[str] = set()
         """Pools reported as running low (reported once per process)."""
+        self.on_empty = on_empty
+        """``Engine.coupon_pool_empty``: what an empty pool does to the member's episode or run."""
 
     async def apply(self, decisions: list[Decision], state_of: Callable[[str], MemberState | None]
                     ) -> tuple[list[Decision], list[IssuedCoupon]]:
@@ -73,9 +76,14 @@ class CouponStep:
         issued: list[IssuedCoupon] = []
         taken = await self._take_pool_codes(decisions)
         used_pools: set[str] = set()
+        emptied: set[tuple[str, str, str | None]] = set()
         for decision in decisions:
             spec = self.specs.get(decision.rule_id)
             if spec is None or decision.status != "sent":
+                if decision.status == "ended" and decision.reason == "completed" and (
+                        decision.member_id, decision.rule_id, decision.order_id) in emptied:
+                    # the run's last send found the pool empty: that, not completion, ended it
+                    decision = decision.with_status("ended", "coupon_pool_empty")
                 out.append(decision)
                 continue
             try:
@@ -84,12 +92,12 @@ class CouponStep:
             except PoolEmpty as empty:
                 self.pool_empty += 1
                 log.warning("coupon pool %s is empty: %s skipped (coupon_pool_empty)", empty.pool, decision.key)
+                skipped = decision.with_status("skipped", "coupon_pool_empty")
+                out.append(skipped)
+                emptied.add((decision.member_id, decision.rule_id, decision.order_id))
                 state = state_of(decision.member_id)
-                if state is not None and decision.kind == "abandonment":
-                    # the episode stays open: evaluated again only at a later due made by a new anchor
-                    state.episodes[decision.rule_id] = (int(decision.episode), decision.due_ms)
-                    state.due_cache = False
-                out.append(decision.with_status("skipped", "coupon_pool_empty"))
+                if state is not None and self.on_empty is not None:
+                    out.extend(self.on_empty(state, skipped))
                 continue
             if spec.form == "pool":
                 used_pools.add(spec.value)
@@ -103,7 +111,11 @@ class CouponStep:
                                        decision.variant))
         if used_pools and self.pool is not None:  # low-water check: once per pool and batch
             for name in used_pools - self.low:
-                left, total = await self.pool.remaining(name)
+                try:  # after the codes were taken nothing may fail: a retry would redo the state changes
+                    left, total = await self.pool.remaining(name)
+                except Exception as exc:
+                    log.warning("coupon pool %s: cannot read what is left (%s)", name, exc)
+                    continue
                 if running_low(left, total):
                     self.low.add(name)
                     log.warning("coupon pool %s is running low: %d of %d codes left", name, left, total)

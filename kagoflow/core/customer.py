@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from kagoflow.core.behaviour import MemberState
     from kagoflow.core.events import MemberUpdate, OrderUpdate
 
-_ISSUED_RULE, _ISSUED_KEY, _ISSUED_AT, _REDEEMED_AT, _REDEEMED_BY, _ISSUED_STEP = range(6)
+_ISSUED_RULE, _ISSUED_KEY, _ISSUED_AT, _REDEEMED_AT, _REDEEMED_BY, _ISSUED_STEP, _MORE_KEYS = range(7)
 
 
 class CustomerData:
@@ -33,7 +33,8 @@ class CustomerData:
         self.turns: dict[str, Any] = {}
         """Date / inactive rule id → the occurrence year / since-time already decided."""
         self.coupons: dict[str, list[Any]] = {}
-        """Issued code → [rule, decision key, issued ms, redeemed ms or None, redeeming order or None, step]."""
+        """Issued code → [rule, decision key, issued ms, redeemed ms or None, redeeming order or None, step,
+        later decision keys of the same (fixed) code]."""
 
     def to_list(self) -> list[Any]:
         return [self.agg.to_list(), self.birthday, self.gender, self.registered_at, self.known, self.turns,
@@ -136,9 +137,19 @@ def is_cancelled(state: MemberState, order_id: str) -> bool:
     return data is not None and data.agg.is_cancelled(order_id)
 
 
+MAX_KEYS_PER_CODE = 20
+"""A fixed code goes out with many sends; the decision keys after the first one are kept up to this many."""
+
+
 def record_issued(state: MemberState, code: str, *, rule: str, key: str, issued_ms: int, step: int = 0) -> None:
-    """Remember a code sent to the member (idempotent: a replay keeps the first record)."""
-    customer(state).coupons.setdefault(code, [rule, key, issued_ms, None, None, step])
+    """Remember a code sent to the member (idempotent: a replay keeps the first record). A fixed code sent
+    again by another decision remembers that decision's key too."""
+    coupons = customer(state).coupons
+    issued = coupons.get(code)
+    if issued is None:
+        coupons[code] = [rule, key, issued_ms, None, None, step, []]
+    elif key != issued[_ISSUED_KEY] and key not in issued[_MORE_KEYS] and len(issued[_MORE_KEYS]) < MAX_KEYS_PER_CODE:
+        issued[_MORE_KEYS].append(key)
 
 
 def unused_codes(state: MemberState, rule: str, step: int | None = None) -> list[str]:
@@ -149,6 +160,16 @@ def unused_codes(state: MemberState, rule: str, step: int | None = None) -> list
     return [code for code, issued in data.coupons.items()
             if issued[_ISSUED_RULE] == rule and (step is None or issued[_ISSUED_STEP] == step)
             and issued[_REDEEMED_AT] is None]
+
+
+def codes_of(state: MemberState, key_prefix: str) -> set[str]:
+    """Codes issued to the member by decisions whose key starts with ``key_prefix`` (e.g. one scenario
+    step of one run: ``member|scenario|order|step|``)."""
+    data: CustomerData | None = state.cust
+    if data is None:
+        return set()
+    return {code for code, issued in data.coupons.items()
+            if any(key.startswith(key_prefix) for key in (issued[_ISSUED_KEY], *issued[_MORE_KEYS]))}
 
 
 def redemption(state: MemberState, code: str) -> tuple[int, str] | None:

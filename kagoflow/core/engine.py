@@ -99,6 +99,21 @@ class Engine:
         return measure.finish(state, decisions, self._measured, tz=self.shop.timezone,
                               segments=self.shop.segments)
 
+    def coupon_pool_empty(self, state: MemberState, decision: Decision) -> list[Decision]:
+        """What follows a ``coupon_pool_empty`` skip (SPEC §14 fine points): an abandonment episode stays open
+        (evaluated again at a later due made by a new anchor), a scenario run ends (its ``ended`` record is
+        returned), a date / inactive turn is used up (nothing to do)."""
+        if decision.kind == "abandonment":
+            state.episodes[decision.rule_id] = (int(decision.episode), decision.due_ms)
+            state.due_cache = False
+            return []
+        if decision.kind == "scenario":
+            for program in self.programs:
+                end = getattr(program, "end_for_coupon", None)
+                if end is not None:
+                    return cast(list[Decision], end(state, decision))
+        return []
+
     def next_due(self, state: MemberState) -> int | None:
         """Earliest pending due time of the member over all programs, or None."""
         due: int | None = None

@@ -176,7 +176,7 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
             customer_rules.append(rule)
         elif kind == "scenario":
             rule = parse_scenario_rule(data, file=file, templates_dir=templates_dir,
-                                       min_delay_seconds=min_delay_seconds)
+                                       min_delay_seconds=min_delay_seconds, rules_dir=dir)
             scenarios.append(rule)
         else:
             raise RuleError(file, "kind", kind, f"unknown kind (use {', '.join(_KINDS)})")

@@ -265,8 +265,9 @@ class ScenarioProgram:
             if order.status in rule.end_status or order.status in self.cancelled:
                 return
             merged = state.runs["o"][order.order_id]
-            if rule.coupon is not None and merged[4] == rule.coupon and run["st"] and merged[0] >= run["st"][0]:
-                run["cu"] = True
+            if rule.coupon is not None and run["st"] and merged[0] >= run["st"][0] and merged[4] in (
+                    customer.codes_of(state, f"{state.member_id}|{rule.id}|{run['o']}|{run['k']}|")):
+                run["cu"] = True  # a code issued by a send of step k (SPEC §13)
             if merged[0] >= run["t"]:
                 self._purchase(state, run, rule, [item[0] for item in merged[3]], ts, out)
             return
@@ -380,7 +381,7 @@ class ScenarioProgram:
         return Decision(
             member_id=state.member_id, rule_id=rule.id, kind="scenario", status=status, reason=reason,
             products=tuple(run["pr"]), due_ms=due, at_ms=now, episode=f"{run['o']}|{step_no}|{send}",
-            template=template, coupon=rule.coupon, sender_name=rule.sender_name, cap_exempt=True,
+            template=template, sender_name=rule.sender_name, cap_exempt=True,
             step=step_no, variant=variant, send=send, order_id=run["o"],
         )
 
@@ -391,6 +392,13 @@ class ScenarioProgram:
             products=tuple(run["pr"]), due_ms=at, at_ms=at, episode=f"{run['o']}|0|0", template="",
             sender_name=None if rule is None else rule.sender_name, cap_exempt=True, order_id=run["o"],
         )
+
+    def end_for_coupon(self, state: MemberState, decision: Decision) -> list[Decision]:
+        """SPEC §14: a send whose coupon pool was empty ends its run (``ended``, ``coupon_pool_empty``)."""
+        run = state.runs.get("a")
+        if run is None or run["s"] != decision.rule_id or run["o"] != decision.order_id:
+            return []
+        return [self._finish(state, run, self.rules.get(run["s"]), "ended", "coupon_pool_empty", decision.at_ms)]
 
     def _finish(self, state: MemberState, run: Run, rule: ScenarioRule | None, status: DecisionStatus,
                 reason: str, at: int) -> Decision:

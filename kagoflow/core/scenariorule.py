@@ -24,6 +24,7 @@ from kagoflow.core.abandonrule import (
     parse_product_purchase_count,
     parse_template,
 )
+from kagoflow.core.coupons import CouponSpec, parse_coupon
 from kagoflow.core.errors import RuleError
 from kagoflow.core.memberfilters import MemberFilter, parse_member_filters
 from kagoflow.core.variants import parse_measurement
@@ -102,7 +103,8 @@ class ScenarioRule:
     late_after_ms: int = DEFAULT_LATE_AFTER_MS
     anchor_wait_ms: int = DEFAULT_ANCHOR_WAIT_MS
     sender_name: str | None = None
-    coupon: str | None = None
+    coupon: CouponSpec | None = None
+    """Any form of SPEC §13; the coupon step gives each ``sent`` its code (``kagoflow.core.couponing``)."""
     enabled: bool = True
     file: str = ""
     kind: Literal["scenario"] = "scenario"
@@ -142,7 +144,7 @@ class ScenarioRule:
                 f"ends on {' or '.join(end) if end else 'its last step'}; late after "
                 f"{format_span(self.late_after_ms)}, anchor wait {format_span(self.anchor_wait_ms)}")
         if self.coupon:
-            head += f"; coupon {self.coupon}"
+            head += f"; {self.coupon.describe()}"
         if not self.enabled:
             head += " (disabled)"
         lines = [head] + [f"  step {n}: {step.describe()}" for n, step in enumerate(self.steps, 1)]
@@ -170,7 +172,8 @@ def format_span(ms: int) -> str:
 
 
 def parse_scenario_rule(
-    data: Mapping[str, Any], *, file: str, templates_dir: Path | None = None, min_delay_seconds: int = 900
+    data: Mapping[str, Any], *, file: str, templates_dir: Path | None = None, min_delay_seconds: int = 900,
+    rules_dir: Path | None = None,
 ) -> ScenarioRule:
     """Validate one scenario file's mapping; raises ``RuleError`` on the first fault."""
     _no_unknown_keys(data, _TOP_KEYS, file=file, prefix="")
@@ -184,9 +187,7 @@ def parse_scenario_rule(
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise RuleError(file, "priority", priority, "must be a whole number (higher wins)")
     seconds = min_delay_seconds < 900
-    coupon = data.get("coupon")
-    if coupon is not None and not (isinstance(coupon, str) and coupon.strip() and "\n" not in coupon):
-        raise RuleError(file, "coupon", coupon, "must be a coupon code (one line of text)")
+    coupon = None if data.get("coupon") is None else parse_coupon(data["coupon"], file=file, rules_dir=rules_dir)
     steps = _parse_steps(data["steps"], file=file, templates_dir=templates_dir, seconds=seconds,
                          has_coupon=coupon is not None)
     start = _parse_start(data["start"], file=file)

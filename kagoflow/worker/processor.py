@@ -181,7 +181,7 @@ class MemberProcessor:
         self.unindexed: set[int] = set()
         self.metrics = Metrics()
         self.coupon_step = CouponStep(ruleset.by_id.values(), pool=coupons, secret=coupon_secret,
-                                      tz=ruleset.shop.timezone)
+                                      tz=ruleset.shop.timezone, on_empty=engine.coupon_pool_empty)
 
     # -- table access ----------------------------------------------------------------------------
     def _load_bucket(self, partition: int, bucket: int) -> bytes | None:
@@ -382,7 +382,7 @@ class MemberProcessor:
         self.metrics.coupon_pool_empty = self.coupon_step.pool_empty
         self.metrics.coupons_issued += len(issued)
         for decision in final:
-            if decision.coupon is not None or decision.reason == "coupon_pool_empty":
+            if decision.coupon is not None or decision.reason == "coupon_pool_empty":  # incl. an ended run
                 state = self.cache.peek(decision.member_id)
                 if state is not None:
                     book.dirty.add(state.member_id)

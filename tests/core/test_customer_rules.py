@@ -309,3 +309,21 @@ def test_scenario_holdout_goes_on_as_after_a_send(tmp_path: Path) -> None:
     assert sorted(mails) == sorted([
         (held, 1, "held_out", None, "2026-01-02 11:00"), (held, 2, "held_out", None, "2026-01-03 11:00"),
         (kept, 1, "sent", "F10", "2026-01-02 11:00"), (kept, 2, "sent", "F10", "2026-01-03 11:00")])
+
+
+def test_an_empty_pool_ends_a_scenario_run(tmp_path: Path) -> None:
+    scenario = {"id": "follow", "kind": "scenario", "coupon": {"pool": "tiny"}, "start": {"status": ["ordered"]},
+                "steps": [{"send": {"anchor": "ordered", "after": "1h"}, "template": "thanks"},
+                          {"send": {"anchor": "previous", "after": "1d"}, "template": "review"}]}
+    rules = rules_dir(tmp_path, scenario, pools={"tiny": ["T1"]})
+    records = [profile("2026-01-01 00:00"), order("2026-01-02 10:00", "o1")]
+    got = [(d.status, d.reason, d.step, d.coupon) for d in replay(rules, records)[0]]
+    assert got == [("started", "", 0, None), ("sent", "", 1, "T1"), ("skipped", "coupon_pool_empty", 2, None),
+                   ("ended", "coupon_pool_empty", 0, None)]
+    three = {**scenario, "steps": [*scenario["steps"], {"send": {"anchor": "previous", "after": "1d"},
+                                                       "template": "review"}]}
+    (tmp_path / "three").mkdir()
+    rules = rules_dir(tmp_path / "three", three, pools={"tiny": ["T1"]})
+    got = [(d.status, d.reason, d.step) for d in replay(rules, records)[0]]
+    assert got == [("started", "", 0), ("sent", "", 1), ("skipped", "coupon_pool_empty", 2),
+                   ("ended", "coupon_pool_empty", 0)], "step 3 never comes"
