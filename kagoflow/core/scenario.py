@@ -18,7 +18,9 @@ The run is always *settled* at rest: after every record and every send, a step w
 no longer holds (or that has no repeat and was sent) is finished and the next one becomes current
 (``_settle``); what is due next is then a function of the run and the order's dates (``_next``).
 Readings where §12 leaves room: a run whose rule is gone or disabled ends (``ended``, ``rule_removed``) at
-the member's next record; scenarios have no per-due filters, holdouts or coupon pools in this version.
+the member's next record; scenarios have no per-due filters. ``start.filters`` (§13) are checked at the
+start; holdouts and coupons are applied to the step sends by ``kagoflow.core.measure`` / ``couponing``
+(an empty pool ends the run through ``end_for_coupon``).
 """
 
 from __future__ import annotations
