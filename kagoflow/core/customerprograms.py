@@ -49,6 +49,9 @@ class DateProgram:
     def __init__(self, rules: list[DateRule], shop: ShopConfig) -> None:
         self.rules = rules
         self.shop = shop
+        self.horizon_ms: int | None = None
+        """Set by the worker (``kagoflow.worker.datescan``): dues beyond it are not reported by ``next_due``
+        (a daily scan of the month-day index schedules them when they come near); None = no limit."""
 
     def _member_date(self, state: MemberState, rule: DateRule) -> tuple[date, int] | None:
         data = state.cust
@@ -81,9 +84,10 @@ class DateProgram:
         if state.cust is None or not state.cust.known:
             return None
         best: int | None = None
+        horizon = self.horizon_ms
         for rule in self.rules:
             found = self._due(state, rule)
-            if found is not None and (best is None or found[1] < best):
+            if found is not None and (best is None or found[1] < best) and (horizon is None or found[1] <= horizon):
                 best = found[1]
         return best
 

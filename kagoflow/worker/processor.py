@@ -39,6 +39,7 @@ from kagoflow.streams import contract
 from kagoflow.streams.topics import Topics, dlq
 from kagoflow.worker import buckets
 from kagoflow.worker.book import PartitionBook, StateCache
+from kagoflow.worker.datescan import DateScan
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ class MemberProcessor:
         self.indexes: dict[int, WatchIndex] = {}
         self.unindexed: set[int] = set()
         self.metrics = Metrics()
+        self.dates = DateScan(engine)
         self.coupon_step = CouponStep(ruleset.by_id.values(), pool=coupons, secret=coupon_secret,
                                       tz=ruleset.shop.timezone, on_empty=engine.coupon_pool_empty)
 
@@ -218,6 +220,8 @@ class MemberProcessor:
         """Handle one record; never raises on data (bad records go to ``<topic>.dlq``)."""
         book = self.books.get(partition) or self.book(partition)
         self._partition = partition
+        if self.dates.active:
+            self.dates.set_now(self.clock())
         if self.unindexed:
             self.rebuild()
         book.pending_acks.append(event)
@@ -240,6 +244,8 @@ class MemberProcessor:
         except Exception as exc:  # a bug must not kill the worker or lose the record: park it
             log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
             await self._dead_letter(book, topic, partition, offset, value, f"internal: {type(exc).__name__}: {exc}")
+        if self.dates.active:  # once per shop-local day: the partition's members with a date due soon
+            self.dates.schedule_due(partition, now, self.cache.get, book.schedule, self.engine.next_due)
         if book.due and book.due[0][0] <= now:
             decisions += self._fire_due(partition, now)
         if self._to_list:
@@ -319,6 +325,8 @@ class MemberProcessor:
         book.dirty.add(state.member_id)
         self.cache.pin(state.member_id)
         book.schedule(self.engine.next_due(state), state.member_id)
+        if self.dates.active:
+            self.dates.index(partition, state)
         if touched and self.engine.price_rules:  # the index only serves price and stock mails
             index = self.indexes.get(partition)
             if index is None:
@@ -468,12 +476,15 @@ class MemberProcessor:
         for partition in partitions:
             self.book(partition).clear_due()
             self.indexes[partition] = WatchIndex()
+            self.dates.reset(partition)
         for state in self.scan(partitions):
             owner = state.partition
             if owner is None or owner not in partitions:
                 continue
             count += 1
             self.books[owner].schedule(self.engine.next_due(state), state.member_id)
+            if self.dates.active:
+                self.dates.index(owner, state)
             if self.addresses is not None and (reason := address_reason(state)) is not None:
                 self._to_list.append((cast(str, state.email), reason))
             if not self.engine.price_rules:
@@ -490,6 +501,7 @@ class MemberProcessor:
             self.books.pop(partition, None)
             self.indexes.pop(partition, None)
             self.unindexed.discard(partition)
+        self.dates.drop(partitions)
         self.cache.drop_where(lambda state: state.partition in partitions)
         self.buckets.drop_partitions(partitions)
 
