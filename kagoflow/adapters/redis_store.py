@@ -141,6 +141,12 @@ class RedisCapStore:
         answer = await _guard(lambda: self._batcher.call("EVAL", _CAP_LUA, len(keys), *keys, *args))
         return bool(int(answer))
 
+    async def check(self, request: CapRequest) -> bool:
+        """Whether every counter is below its limit, counting nothing (a held-out mail, SPEC §14)."""
+        names = [self._prefix + name for name, _ in request.counters]
+        values = await _guard(lambda: self._client.mget(names))
+        return all(int(value or 0) < limit for value, (_, limit) in zip(values, request.counters, strict=True))
+
     async def count(self, counter: str) -> int:
         """Current value of one cap counter (for tests and operators)."""
         value = await _guard(lambda: self._client.get(self._prefix + counter))

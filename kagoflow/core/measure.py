@@ -9,8 +9,9 @@ everything they return, adds what is the same for every kind:
 - a rule with two templates picks the member's variant (H of §12 with step 0); a send-time test only labels
   the decision with the variant its timing came from (the timing itself is the program's);
 - a held-out member's ``sent`` becomes ``held_out`` — after filters and consent, at the same moment, with
-  the program's state already advanced exactly as after a send. Held-out decisions are cap-exempt (caps
-  never count them) and get no coupon (the coupon step only serves ``sent``).
+  the program's state already advanced exactly as after a send. Caps check a held-out abandonment decision
+  without counting it (``caps.apply_caps``: a full cap still makes it ``capped``), and it gets no coupon
+  (the coupon step only serves ``sent``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def _finish_one(state: MemberState, decision: Decision, rule: Any, *, tz: Any, s
     elif getattr(rule, "send_b", None) is not None:
         decision = replace(decision, variant=variant_of(member, decision.rule_id, measurement.split))
     if is_held_out(member, decision.rule_id, measurement.holdout):
-        decision = replace(decision, status="held_out", cap_exempt=True)
+        # caps still check an abandonment held_out without counting it (``caps.apply_caps``)
+        decision = replace(decision, status="held_out")
     return decision
 

@@ -327,3 +327,16 @@ def test_an_empty_pool_ends_a_scenario_run(tmp_path: Path) -> None:
     got = [(d.status, d.reason, d.step) for d in replay(rules, records)[0]]
     assert got == [("started", "", 0), ("sent", "", 1), ("skipped", "coupon_pool_empty", 2),
                    ("ended", "coupon_pool_empty", 0)], "step 3 never comes"
+
+
+def test_caps_come_before_the_holdout_and_never_count_it(tmp_path: Path) -> None:
+    early = {"id": "early", "kind": "abandonment", "trigger": "cart", "send": {"after": "30m"}}
+    late = {"id": "late", "kind": "abandonment", "trigger": "cart", "send": {"after": "1h"}, "holdout": 50}
+    rules = rules_dir(tmp_path, early, late, shop={"caps": {"day": 1}})
+    held, _ = _members("late", 50)
+    records = [profile("2026-01-01 00:00", member=held), beacon("cart_add", "2026-01-05 10:00", "A", member=held)]
+    assert [(d.rule_id, d.status) for d in replay(rules, records)[0]] == [("early", "sent"), ("late", "capped")]
+    (tmp_path / "alone").mkdir()
+    alone = rules_dir(tmp_path / "alone", late, shop={"caps": {"day": 1}})
+    again = [*records, beacon("cart_add", "2026-01-05 12:00", "B", member=held)]
+    assert [(d.rule_id, d.status) for d in replay(alone, again)[0]] == [("late", "held_out"), ("late", "held_out")]
