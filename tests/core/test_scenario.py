@@ -332,3 +332,24 @@ def test_step_of_key() -> None:
     assert step_of_key("m1|salt|o|1|2|1", "m1", "salt") == 2
     assert step_of_key("m1|cart-1h|1700000000000", "m1", "cart-1h") == 0
     assert step_of_key("other|salt|o1|2|1", "m1", "salt") == 0
+
+
+def test_a_step_due_before_its_predecessor_fires_with_it_or_is_late() -> None:
+    with_it = rules_of(scenario("s", [step("previous", "one", after="2d"), step("ordered", "two", after="1d")]))
+    assert [e[:5] for e in life(run(with_it, [P, order("2026-11-24 10:00")]))[1:]] == [
+        ("sent", "", "2026-11-26 10:00", 1, 1), ("sent", "", "2026-11-26 10:00", 2, 1),
+        ("ended", "completed", "2026-11-26 10:00", 0, 0),
+    ]
+    late = rules_of(scenario("s", [step("previous", "one", after="4d"), step("ordered", "two", after="0m")]))
+    assert [e[:4] for e in life(run(late, [P, order("2026-11-24 10:00")]))[1:]] == [
+        ("sent", "", "2026-11-28 10:00", 1), ("skipped", "late", "2026-11-28 10:00", 2),
+        ("ended", "late", "2026-11-28 10:00", 0),
+    ]
+
+
+def test_a_repeat_with_days_at_counts_from_the_previous_send() -> None:
+    rules = rules_of(scenario("s", [step("ordered", "one", days=0, at="18:00"),
+                                    {"send": {"anchor": "previous", "days": 1, "at": "09:30"}, "template": "two",
+                                     "repeat": {"while": "always", "times": 2}}]))
+    assert [e[2] for e in life(run(rules, [P, order("2026-11-30 10:00")])) if e[0] == "sent"] == [
+        "2026-11-30 18:00", "2026-12-01 09:30", "2026-12-02 09:30"]
