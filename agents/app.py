@@ -18,6 +18,7 @@ import orjson
 from faust.types import TP
 
 from kagoflow.adapters.catalog_follower import CatalogFollower
+from kagoflow.adapters.coupon_pool import RedisCouponPool
 from kagoflow.adapters.engagement import KafkaEngagementSink
 from kagoflow.adapters.kafka_admin import TopicSpec
 from kagoflow.adapters.kafka_outbox import KafkaOutbox
@@ -118,12 +119,14 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     engagement = KafkaEngagementSink(settings, topic=names.engagement)
     deliverer = Deliverer(settings, store=store, sink=engagement)
 
+    coupons = RedisCouponPool(store.client, prefix=f"{settings.app_id}:")
     processor = None if settings.engine_process else make_processor(
-        settings, ruleset, table=member_table, catalog=catalog, caps=store.caps, outbox=outbox)
+        settings, ruleset, table=member_table, catalog=catalog, caps=store.caps, outbox=outbox,
+        addresses=store, coupons=coupons)
     link = EngineLink(topics=engine_topics(names), env={**os.environ, **to_env(settings)}) \
         if settings.engine_process else None
     member_topics = app.topic(
-        names.beacons, names.members, names.orders, names.ticks, names.catalog_events,
+        *engine_topics(names),  # one list for both processes: the engine link indexes topics by position
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
     )
     ticks = app.topic(names.ticks, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
@@ -171,6 +174,8 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         if link is not None:
             await link.start()
         await outbox.start()
+        if processor is not None:
+            await coupons.load_all(ruleset.coupon_pools)
         await catalog.start()
         await engagement.start()
         await public.start()

@@ -1,11 +1,15 @@
 """Backtest throughput on generated, session-shaped storefront traffic.
 
-    .venv/bin/python bench/backtest_speed.py [--beacons 1000000] [--members 50000] [--seed 7] [--profile]
+    .venv/bin/python bench/backtest_speed.py [--beacons 1000000] [--members 50000] [--orders 100000]
+        [--seed 7] [--profile]
 
 Generates (deterministically from the seed) members and beacons as real traffic looks: members come back
 in sessions of a few to a few dozen beacons minutes apart — page views, product views with a popular head
 of products, some favourites, carts, removals and purchases — over a week. Then times ``run_backtest``
 with the example rules in ``rules/`` and prints records/s. Files go to a temporary directory (or --keep DIR).
+With ``--orders N``: N orders (a quarter of them holding the salt sample of the ``salt-sample`` scenario), each
+as its ``ordered``, ``shipped`` and ``delivered`` records, and engagement records (opens and clicks of the
+scenario mails, a few unsubscribes) — the follow and sample series of ``rules/`` run over them.
 """
 
 from __future__ import annotations
@@ -108,10 +112,48 @@ def generate(directory: Path, *, beacons: int, members: int, seed: int) -> tuple
     return beacons_path, members_path
 
 
+def generate_orders(directory: Path, *, orders: int, members: int, seed: int) -> tuple[Path, Path]:
+    """``orders`` orders over the week (3 records each) and engagement records for about half of them."""
+    rng = random.Random(seed + 1)
+    order_rows: list[tuple[int, bytes]] = []
+    engagement_rows: list[tuple[int, bytes]] = []
+    for n in range(orders):
+        member = f"m{rng.randrange(members)}"
+        ordered = START_MS + rng.randrange(WEEK_MS)
+        shipped = ordered + rng.randint(6, 48) * 3_600_000
+        delivered = shipped + rng.randint(18, 72) * 3_600_000
+        sample = rng.random() < 0.25
+        items = [{"product_id": "salt-sample" if sample else f"p{rng.randrange(5000)}", "quantity": 1,
+                  "price": 500 if sample else rng.choice((1200, 2980, 5400))}]
+        base = {"order_id": f"ord{n}", "member_id": member, "ordered_at": ordered, "items": items}
+        for status, ts, extra in (("ordered", ordered, {}), ("shipped", shipped, {"shipped_at": shipped}),
+                                  ("delivered", delivered, {"shipped_at": shipped, "delivered_at": delivered})):
+            order_rows.append((ts, orjson.dumps({**base, "status": status, "ts": ts, **extra})))
+        rule, step = ("salt-sample", 1) if sample else ("follow", 1)
+        roll = rng.random()
+        if roll < 0.5:
+            at = (shipped + 5 * 86_400_000 + 3_600_000) if sample else ordered + 600_000
+            event = "click" if roll < 0.1 else "open"
+            engagement_rows.append((at, orjson.dumps({"member_id": member, "event": event, "rule": rule,
+                                                       "step": step, "ts": at, "suspected_bot": roll < 0.05})))
+        elif roll < 0.51:
+            engagement_rows.append((ordered + 3_600_000, orjson.dumps({
+                "member_id": member, "event": "unsubscribe", "rule": rule, "step": step, "ts": ordered + 3_600_000})))
+    paths = []
+    for name, rows in (("orders", order_rows), ("engagement", engagement_rows)):
+        rows.sort(key=lambda row: row[0])
+        path = directory / f"{name}.jsonl"
+        with path.open("wb") as out:
+            out.writelines(line + b"\n" for _, line in rows)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--beacons", type=int, default=1_000_000)
     parser.add_argument("--members", type=int, default=50_000)
+    parser.add_argument("--orders", type=int, default=0, help="orders (3 records each) plus engagement records")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true", help="print the top functions by cumulative time")
     parser.add_argument("--keep", type=Path, help="write the generated files and decisions here")
@@ -121,8 +163,12 @@ def main() -> int:
         directory.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         beacons, members = generate(directory, beacons=args.beacons, members=args.members, seed=args.seed)
+        orders = engagement = None
+        if args.orders:
+            orders, engagement = generate_orders(directory, orders=args.orders, members=args.members,
+                                                 seed=args.seed)
         print(
-            f"generated {args.beacons} beacons, {args.members} members"
+            f"generated {args.beacons} beacons, {args.members} members, {args.orders} orders"
             f" in {time.perf_counter() - started:.1f}s"
         )
         profiler = cProfile.Profile() if args.profile else None
@@ -135,6 +181,8 @@ def main() -> int:
                 rules_dir=PROJECT_ROOT / "rules",
                 beacons=beacons,
                 members=members,
+                orders=orders,
+                engagement=engagement,
                 out=directory / "decisions.jsonl",
                 progress=False,
                 settings=Settings(),
@@ -142,7 +190,8 @@ def main() -> int:
             if profiler is not None:
                 profiler.disable()
         elapsed = time.perf_counter() - started
-        records = args.beacons + args.members
+        records = sum(sum(1 for _ in path.open("rb")) for path in (beacons, members, orders, engagement)
+                      if path is not None)
         decisions = sum(1 for _ in (directory / "decisions.jsonl").open("rb"))
         print(summary.getvalue(), end="")
         print(

@@ -5,8 +5,8 @@ advances to the record's ``ts``, firing every member's due at or before it in du
 ``ts`` fires first); then the record is handled; after the last record the clock runs on until nothing is
 pending. Caps go through ``caps.apply_caps`` with an ``InMemoryCapStore`` exactly as the worker uses Redis.
 
-``run_backtest`` merges the input files in ``ts`` order (ties: members, catalog, orders, beacons, then
-input order) as a stream: files that are already in ``ts`` order (the normal case) are never held in
+``run_backtest`` merges the input files in ``ts`` order (ties: members, catalog, orders, engagement, beacons,
+then input order) as a stream: files that are already in ``ts`` order (the normal case) are never held in
 memory; a file that is not is sorted in memory first.
 """
 
@@ -19,24 +19,32 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 import orjson
 
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.caps import InMemoryCapStore, apply_caps
 from kagoflow.core.catalog import ProductInfo, apply_catalog
+from kagoflow.core.couponing import CouponStep, IssuedCoupon
+from kagoflow.core.coupons import MemoryCouponPool
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
-from kagoflow.core.events import Beacon, CatalogUpdate, Record
+from kagoflow.core.events import Beacon, CatalogUpdate, Engagement, MemberUpdate, Record
 from kagoflow.core.rules import RuleSet, load_rules
+from kagoflow.core.suppression import InMemoryAddressBook, address_reason, apply_address_suppression
 from kagoflow.core.watchindex import WatchIndex
 
 if TYPE_CHECKING:
     from kagoflow.settings import Settings
 
 STATUSES = ("sent", "capped", "suppressed", "skipped")
+"""Summary columns; ``held_out`` gets a column when it occurs."""
+LIFE_STATUSES = ("started", "ended", "converted")
+"""Summary columns added when the rules hold scenarios."""
+RUN_ON_DAYS = 400
+"""SPEC §13: after the last record the clock runs on until nothing is pending or for at most 400 days."""
 PROGRESS_EVERY = 20_000
 """Records between progress updates (on a terminal: one redrawn line; otherwise: one line per 20 updates)."""
 
@@ -44,12 +52,17 @@ PROGRESS_EVERY = 20_000
 class Replay:
     """Virtual-clock driver of ``Engine`` over a merged record stream; holds all member states in memory."""
 
-    def __init__(self, rules: RuleSet) -> None:
+    def __init__(self, rules: RuleSet, *, secret: str = "backtest") -> None:
         self.engine = Engine(rules)
         self.shop = rules.shop
+        self.coupons = CouponStep(rules.by_id.values(), pool=MemoryCouponPool(rules.coupon_pools),
+                                  secret=secret, tz=rules.shop.timezone, on_empty=self.engine.coupon_pool_empty)
+        self.issued: list[IssuedCoupon] = []
         self.states: dict[str, MemberState] = {}
         self.catalog: dict[str, ProductInfo] = {}
         self.caps = InMemoryCapStore()
+        self.addresses = InMemoryAddressBook()
+        """Unsubscribed / bounced addresses: suppress other member ids with them, as the worker does."""
         self.index = WatchIndex() if self.engine.price_rules else None
         self.clock: int | None = None
         self._heap: list[tuple[int, int, str]] = []
@@ -71,6 +84,8 @@ class Replay:
         if isinstance(record, Beacon) and state.seen_event(record.event_id):
             return out
         decisions = self.engine.handle(state, record, catalog=self.catalog)
+        if isinstance(record, Engagement | MemberUpdate) and (reason := address_reason(state)) is not None:
+            await self.addresses.list_addresses([(cast(str, state.email), reason)], now_ms=ts)
         if self.index is not None and state.touched:
             for product_id in state.touched:
                 self.index.update(state.member_id, product_id, state.product_state(product_id))
@@ -80,9 +95,12 @@ class Replay:
         return out
 
     async def advance(self, until_ms: int | None = None) -> list[Decision]:
-        """Fire every member's due at or before ``until_ms`` (None: until nothing is pending)."""
+        """Fire every member's due at or before ``until_ms`` (None: until nothing is pending, at most
+        ``RUN_ON_DAYS`` after the clock — date rules are always pending)."""
         out: list[Decision] = []
         heap = self._heap
+        if until_ms is None and self.clock is not None:
+            until_ms = self.clock + RUN_ON_DAYS * 86_400_000
         while heap and (until_ms is None or heap[0][0] <= until_ms):
             due, _, member_id = heapq.heappop(heap)
             if self._scheduled.get(member_id) != due:
@@ -108,7 +126,20 @@ class Replay:
             heapq.heappush(self._heap, (due, self._seq, member_id))
 
     async def _caps(self, decisions: list[Decision]) -> list[Decision]:
-        return await apply_caps(decisions, self.caps, limits=self.shop.caps, tz=self.shop.timezone)
+        """Caps, address suppression, then coupons (SPEC §14 fine points: caps → holdout → coupon)."""
+        capped = await apply_caps(decisions, self.caps, limits=self.shop.caps, tz=self.shop.timezone)
+        checked = await apply_address_suppression(capped, self.addresses, self._email_of)
+        final, issued = await self.coupons.apply(checked, self.states.get)
+        if issued:
+            self.issued.extend(issued)
+        for decision in final:
+            if decision.status == "skipped" and decision.reason == "coupon_pool_empty":
+                self._schedule(self.states[decision.member_id])  # the reopened episode may be due again
+        return final
+
+    def _email_of(self, member_id: str) -> str | None:
+        state = self.states.get(member_id)
+        return None if state is None else state.email
 
     def _apply_catalog(self, update: CatalogUpdate) -> None:
         prev = self.catalog.get(update.product_id)
@@ -129,13 +160,15 @@ class Replay:
 
 
 # -- input files ------------------------------------------------------------------------------------------
-_KIND_ORDER = {"members": 0, "catalog": 1, "orders": 2, "beacons": 3}
+_KIND_ORDER = {"members": 0, "catalog": 1, "orders": 2, "engagement": 3, "beacons": 4}
 _TS = re.compile(rb'"ts"\s*:\s*(?:"([^"]*)"|(-?\d+))')
 
 
-def _parser(kind: str) -> Callable[[bytes], Record]:
+def _parser(kind: str) -> Callable[[bytes], Record | None]:
     from kagoflow.streams import contract
 
+    if kind == "engagement":
+        return contract.parse_engagement
     if kind == "beacons":
         return contract.parse_beacon
     if kind == "members":
@@ -157,6 +190,8 @@ def _records(path: Path, kind: str) -> Iterator[tuple[int, int, int, Record]]:
                 record = parse(line)
             except ContractError as exc:
                 raise ContractError(f"{path}:{number}: {exc.reason}") from None
+            if record is None:  # an engagement line that changes no member state (a delivery result)
+                continue
             yield record.ts, rank, number, record
 
 
@@ -208,6 +243,7 @@ def run_backtest(
     members: Path | None = None,
     catalog: Path | None = None,
     orders: Path | None = None,
+    engagement: Path | None = None,
     out: Path | None = None,
     progress: bool = True,
     settings: Settings | None = None,
@@ -219,14 +255,17 @@ def run_backtest(
         settings = Settings.from_env()
     rules = load_rules(rules_dir, min_delay_seconds=settings.min_delay_seconds)
     files = {kind: path for kind, path in (("members", members), ("catalog", catalog), ("orders", orders),
-                                            ("beacons", beacons)) if path is not None}
+                                            ("engagement", engagement), ("beacons", beacons)) if path is not None}
     records, total = merged_records(files)
     counts: Counter[tuple[str, str]] = Counter()
+    secret = settings.tracking_secret
     if out is None:
-        stats = asyncio.run(_run(rules, records, sys.stdout.buffer, counts, total=total, progress=progress))
+        stats = asyncio.run(_run(rules, records, sys.stdout.buffer, counts, total=total, progress=progress,
+                                 secret=secret))
     else:
         with out.open("wb") as sink:
-            stats = asyncio.run(_run(rules, records, sink, counts, total=total, progress=progress))
+            stats = asyncio.run(_run(rules, records, sink, counts, total=total, progress=progress,
+                                     secret=secret))
     _summary(rules, counts, records=stats)
     return 0
 
@@ -239,8 +278,9 @@ async def _run(
     *,
     total: int,
     progress: bool,
+    secret: str = "backtest",
 ) -> int:
-    replay = Replay(rules)
+    replay = Replay(rules, secret=secret)
     bar = _Progress(total) if progress and total >= PROGRESS_EVERY else None
     dumps = orjson.dumps
     seen = 0
@@ -269,9 +309,11 @@ async def _run(
 def _summary(rules: RuleSet, counts: Counter[tuple[str, str]], *, records: int) -> None:
     ids = list(rules.by_id) + sorted({rule for rule, _ in counts} - set(rules.by_id))
     width = max([len("rule"), *map(len, ids)])
-    lines = [f"backtest: {records} records", f"{'rule':<{width}}  " + "  ".join(f"{s:>10}" for s in STATUSES)]
+    shown: tuple[str, ...] = STATUSES + LIFE_STATUSES if rules.scenarios else STATUSES
+    statuses = shown + tuple(sorted({status for _, status in counts} - set(shown)))
+    lines = [f"backtest: {records} records", f"{'rule':<{width}}  " + "  ".join(f"{s:>10}" for s in statuses)]
     for rule_id in ids:
-        lines.append(f"{rule_id:<{width}}  " + "  ".join(f"{counts[rule_id, s]:>10}" for s in STATUSES))
+        lines.append(f"{rule_id:<{width}}  " + "  ".join(f"{counts[rule_id, s]:>10}" for s in statuses))
     print("\n".join(lines), file=sys.stderr)
 
 

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--members", type=Path, help="members JSONL")
     bt.add_argument("--catalog", type=Path, help="catalog JSONL")
     bt.add_argument("--orders", type=Path, help="orders JSONL")
+    bt.add_argument("--engagement", type=Path, help="engagement JSONL (opens, clicks, unsubscribes; SPEC §12)")
     bt.add_argument("--out", type=Path, help="decisions JSONL (default: standard output)")
     bt.add_argument("--no-progress", action="store_true", help="no progress bar on standard error")
 
@@ -99,6 +100,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             members=args.members,
             catalog=args.catalog,
             orders=args.orders,
+            engagement=args.engagement,
             out=args.out,
             progress=not args.no_progress,
         )

@@ -1,4 +1,4 @@
-"""Sample data for the local demo: a few members with profiles, a small catalog and their sessions.
+"""Sample data for the local demo: a few members with profiles, a small catalog, their sessions and orders.
 
 Produced with ``ts`` = now so the demo rules (short delays, ``rules/demo``) fire within a minute.
 """
@@ -65,6 +65,13 @@ def sample_records(*, members: int, now_ms: int, prefix: str = "", seed: int = 7
             records.append((topics.beacons, member_id, {
                 "event_id": f"demo-{now_ms}-{i}-{n}", "member_id": member_id, "type": kind, "ts": ts,
                 "product_id": product_id, "price": price, "quantity": 1, "device": "pc",
+            }))
+        if i % 4 == 3:  # an order of the last viewed product: starts the follow series (rules/demo/follow-demo)
+            product_id, _, price = picks[2]
+            records.append((topics.orders, member_id, {
+                "order_id": f"demo-{now_ms}-{i}", "member_id": member_id, "status": "ordered",
+                "ordered_at": ts + 1_000, "ts": ts + 1_000, "total": price,
+                "items": [{"product_id": product_id, "quantity": 1, "price": price}],
             }))
     return records
 

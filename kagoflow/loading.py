@@ -16,5 +16,5 @@ def load_ruleset(settings: Settings, rules_dir: Path | None = None) -> RuleSet:
     """
     ruleset = load_rules(rules_dir or settings.rules_dir, templates_dir=settings.templates_dir,
                          min_delay_seconds=settings.min_delay_seconds)
-    check_templates(settings.templates_dir, {rule.template for rule in ruleset.by_id.values()})
+    check_templates(settings.templates_dir, ruleset.template_names())
     return ruleset

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, cast
 
 import orjson
@@ -21,11 +21,14 @@ from kagoflow.core.errors import ContractError
 from kagoflow.core.events import (
     BEACON_TYPES,
     DEVICES,
+    ENGAGEMENT_EVENTS,
     PRODUCT_BEACON_TYPES,
     Beacon,
     BeaconType,
     CatalogUpdate,
     Device,
+    Engagement,
+    EngagementEvent,
     MemberUpdate,
     OrderItem,
     OrderUpdate,
@@ -404,7 +407,39 @@ def member_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> 
         device=_device(data),
         locale=locale,
         purchase_count=_int(data, "purchase_count", minimum=0, maximum=2**31 - 1, required=False),
+        total_amount=_money(data, "total_amount", required=False),
+        first_purchase_at=_ts(data, "first_purchase_at", required=False),
+        last_purchase_at=_ts(data, "last_purchase_at", required=False),
+        birthday=_birthday(data),
+        gender=_gender(data),
+        registered_at=_ts(data, "registered_at", required=False),
     )
+
+
+_GENDERS = ("female", "male", "other")
+
+
+def _birthday(data: dict[str, Any]) -> str | None:
+    """``YYYY-MM-DD``, a real calendar date (SPEC §13); anything else sends the record to the DLQ."""
+    value = data.get("birthday")
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str) or len(value) != 10:
+            raise ValueError(value)
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ContractError(f"birthday: not a date YYYY-MM-DD: {_short(value)}") from None
+    if day.year < 1900:
+        raise ContractError(f"birthday: before 1900: {value}")
+    return value
+
+
+def _gender(data: dict[str, Any]) -> str | None:
+    value = data.get("gender")
+    if value is not None and value not in _GENDERS:
+        raise ContractError(f"gender: must be female, male or other: {_short(value)}")
+    return cast(str | None, value)
 
 
 def catalog_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> CatalogUpdate:
@@ -486,6 +521,41 @@ def parse_catalog(raw: bytes | None, *, default_ts: int | None = None) -> Catalo
 
 def parse_order(raw: bytes | None, *, default_ts: int | None = None) -> OrderUpdate:
     return order_from_dict(_loads(raw), default_ts=default_ts)
+
+
+def engagement_from_dict(data: dict[str, Any]) -> Engagement | None:
+    """An ``engagement`` record (SPEC §12): ``{"member_id", "event", "rule", "step", "ts", "suspected_bot"}``.
+
+    The live topic also carries the mail system's own shape (``kagoflow.mail.engagement``: ``type`` for
+    ``event``, ``at_ms`` for ``ts``, plus ``key``) and its delivery results; a ``delivery`` record becomes a
+    ``bounce`` when it failed with a bounce, and is of no interest to the member state otherwise (None).
+    """
+    member_id = _req_text(data, "member_id")
+    event = data.get("event", data.get("type"))
+    if event == "delivery":
+        detail = data.get("detail")
+        if data.get("status") != "failed" or not (isinstance(detail, str) and detail.startswith("bounce")):
+            return None
+        event = "bounce"
+    if event not in ENGAGEMENT_EVENTS:
+        raise ContractError(f"event: must be one of open, click, unsubscribe (got {_short(event)})")
+    ts = _ts(data, "ts", required=False)
+    if ts is None:
+        ts = cast(int, _ts(data, "at_ms", required=True))
+    step = _int(data, "step", minimum=0, maximum=99, required=False) or 0
+    return Engagement(
+        member_id=member_id,
+        event=cast(EngagementEvent, event),
+        ts=ts,
+        rule=_text(data, "rule", required=False) or "",
+        step=step,
+        suspected_bot=bool(_bool(data, "suspected_bot", required=False)),
+        key=_text(data, "key", max_len=4 * MAX_ID, required=False),
+    )
+
+
+def parse_engagement(raw: bytes | None) -> Engagement | None:
+    return engagement_from_dict(_loads(raw))
 
 
 def parse_any(topic: str, raw: bytes | None, *, default_ts: int | None) -> Record:

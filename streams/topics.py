@@ -43,6 +43,11 @@ class Topics:
         return self._name("engagement")
 
     @property
+    def coupons_issued(self) -> str:
+        """Every coupon code sent to a member (SPEC §13); key = code, for the shop's cart system."""
+        return self._name("coupons_issued")
+
+    @property
     def ticks(self) -> str:
         """One record per partition per second: idle partitions still fire due mails and flush state."""
         return self._name("kagoflow-ticks")
@@ -60,7 +65,8 @@ class Topics:
         """Every topic the worker needs, dead-letter topics included (also of the catalog triggers: the member
         path parks any record it fails on, and auto-creation is off on a real cluster)."""
         return (*self.inputs, *(dlq(t) for t in self.inputs), self.mail_decisions, self.engagement,
-                self.ticks, self.catalog_events, dlq(self.catalog_events))
+                dlq(self.engagement),  # the member partitions read engagement too (bad records park here)
+                self.ticks, self.catalog_events, dlq(self.catalog_events), self.coupons_issued)
 
     def kind(self, topic: str) -> str:
         """The unprefixed name of one of our topics (``'beacons'`` for ``'t1-beacons'``)."""

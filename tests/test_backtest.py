@@ -73,7 +73,8 @@ def test_decision_lines(rules_dir: Path, tmp_path: Path, capsys: pytest.CaptureF
     decisions = run(rules_dir, tmp_path, beacons=beacons, members=members, catalog=catalog)
 
     m1 = "m1|{}|1795482000000"  # 2026-11-24T10:00+09:00, the opening action
-    common = {"member_id": "m1", "products": ["A"], "episode": "1795482000000", "sender_name": "Shop"}
+    common = {"member_id": "m1", "products": ["A"], "episode": "1795482000000", "sender_name": "Shop",
+              "variant": "", "coupon_expires": None}
     assert [{k: d[k] for k in ("member_id", "rule", "status", "at")} for d in decisions] == [
         {"member_id": "m1", "rule": "drop", "status": "sent", "at": "2026-11-24T01:30:00+00:00"},
         {"member_id": "m2", "rule": "cart-1h", "status": "suppressed", "at": "2026-11-24T02:05:00+00:00"},
@@ -201,3 +202,54 @@ def test_cli_writes_stdout_and_reports_errors(
     assert "cart-1h" in err
     assert main(["backtest", "--rules", str(rules_dir), "--beacons", str(tmp_path / "missing.jsonl")]) == 1
     assert "missing.jsonl" in capfd.readouterr().err
+
+
+FOLLOW = """id: follow
+kind: scenario
+start: {status: [ordered]}
+end: {purchased: any}
+steps:
+  - send: {anchor: ordered, after: 0m}
+    template: thanks
+  - send: {anchor: delivered, days: 2, at: "10:00"}
+    template: [arrival, review]
+"""
+
+
+def test_cli_scenarios_with_orders_and_engagement(rules_dir: Path, tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    (rules_dir / "follow.yaml").write_text(FOLLOW, encoding="utf-8")
+    members = jsonl(tmp_path / "members.jsonl",
+                    *({"member_id": m, "email": f"{m}@example.com", "opt_in": True, "ts": "2026-11-01T00:00:00+09:00"}
+                      for m in ("m1", "m2")))
+    order = {"status": "ordered", "ordered_at": "2026-11-24T10:00:00+09:00",
+             "items": [{"product_id": "salt", "quantity": 1, "price": 800}]}
+    orders = jsonl(tmp_path / "orders.jsonl",
+                   {**order, "order_id": "o1", "member_id": "m1"}, {**order, "order_id": "o2", "member_id": "m2"},
+                   # shipped and delivered without ts: the record happens at its latest date
+                   *({**order, "order_id": o, "member_id": m, "status": "delivered",
+                      "shipped_at": "2026-11-25T09:00:00+09:00", "delivered_at": "2026-11-26T15:00:00+09:00"}
+                     for o, m in (("o1", "m1"), ("o2", "m2"))))
+    engagement = jsonl(tmp_path / "engagement.jsonl",
+                       {"member_id": "m2", "event": "unsubscribe", "rule": "follow", "step": 1,
+                        "ts": "2026-11-25T00:00:00+09:00", "suspected_bot": False})
+    beacons = jsonl(tmp_path / "beacons.jsonl")
+    assert main(["backtest", "--rules", str(rules_dir), "--beacons", str(beacons), "--members", str(members),
+                 "--orders", str(orders), "--engagement", str(engagement), "--no-progress"]) == 0
+    out, err = capfd.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(d["member_id"], d["status"], d["reason"], d["step"], d["send"], d["at"]) for d in lines] == [
+        ("m1", "started", "", 0, 0, "2026-11-24T01:00:00+00:00"),
+        ("m1", "sent", "", 1, 1, "2026-11-24T01:00:00+00:00"),
+        ("m2", "started", "", 0, 0, "2026-11-24T01:00:00+00:00"),
+        ("m2", "sent", "", 1, 1, "2026-11-24T01:00:00+00:00"),
+        # the fallback (shipped + 48 h) would have been 27 Nov; the real delivery moves step 2 to 28 Nov 10:00
+        ("m1", "sent", "", 2, 1, "2026-11-28T01:00:00+00:00"),
+        ("m1", "ended", "completed", 0, 0, "2026-11-28T01:00:00+00:00"),
+        ("m2", "suppressed", "unsubscribed", 2, 1, "2026-11-28T01:00:00+00:00"),
+        ("m2", "ended", "suppressed", 0, 0, "2026-11-28T01:00:00+00:00"),
+    ]
+    assert all(d["kind"] == "scenario" and d["order_id"] in ("o1", "o2") and d["products"] == ["salt"]
+               for d in lines)
+    assert lines[4]["variant"] in ("A", "B") and lines[4]["key"] == "m1|follow|o1|2|1"
+    assert "started" in err.splitlines()[1] and "follow" in err

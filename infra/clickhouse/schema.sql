@@ -124,6 +124,8 @@ CREATE TABLE IF NOT EXISTS kagoflow.mail_decisions
     cap_exempt UInt8,
     step UInt8,
     variant String,
+    send UInt8 DEFAULT 0,
+    order_id String DEFAULT '',
     kafka_partition UInt16,
     kafka_offset UInt64,
     archived_at DateTime('UTC') DEFAULT now()
@@ -153,6 +155,28 @@ ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(date)
 ORDER BY (member_id, decision_key, event, kafka_partition, kafka_offset);
 
+-- Every coupon code sent to a member (SPEC §13, the coupons_issued topic): one row per decision key.
+CREATE TABLE IF NOT EXISTS kagoflow.coupons_issued
+(
+    code String,
+    member_id String,
+    rule_id String,
+    decision_key String,
+    kind String,
+    variant String,
+    issued_ms Int64,
+    issued_at DateTime('UTC') DEFAULT toDateTime(intDiv(issued_ms, 1000), 'UTC'),
+    date Date DEFAULT toDate(toDateTime(intDiv(issued_ms, 1000), 'UTC')),
+    expires String,
+    expires_ms Nullable(Int64),
+    kafka_partition UInt16,
+    kafka_offset UInt64,
+    archived_at DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(date)
+ORDER BY (code, decision_key);
+
 -- Deduplicated reads for analysts.
 DROP TABLE IF EXISTS kagoflow.v_beacons;
 CREATE VIEW kagoflow.v_beacons AS SELECT * FROM kagoflow.beacons FINAL;
@@ -164,6 +188,41 @@ DROP TABLE IF EXISTS kagoflow.v_orders;
 CREATE VIEW kagoflow.v_orders AS SELECT * FROM kagoflow.orders FINAL;
 DROP TABLE IF EXISTS kagoflow.v_mail_decisions;
 CREATE VIEW kagoflow.v_mail_decisions AS SELECT * FROM kagoflow.mail_decisions FINAL;
+DROP TABLE IF EXISTS kagoflow.v_coupons_issued;
+CREATE VIEW kagoflow.v_coupons_issued AS SELECT * FROM kagoflow.coupons_issued FINAL;
+
+-- SPEC §13 redemption: an issued code is redeemed by the member's first order carrying it whose latest
+-- status is not cancelled (default cancelled_statuses), ordered at or after the issue.
+DROP TABLE IF EXISTS kagoflow.v_coupon_redemptions;
+CREATE VIEW kagoflow.v_coupon_redemptions AS
+SELECT code, member_id, rule_id, decision_key, kind, variant, issued_at, expires,
+       if(first_order != '' AND first_at >= issued_at, first_order, '') AS order_id,
+       if(first_order != '' AND first_at >= issued_at, 1, 0) AS redeemed
+FROM
+(
+    SELECT code, member_id, rule_id, decision_key, kind, variant, issued_at, expires
+    FROM kagoflow.coupons_issued FINAL
+) AS issued
+ANY LEFT JOIN
+(
+    SELECT coupon AS code, member_id, argMin(order_id, ordered_at) AS first_order, min(ordered_at) AS first_at
+    FROM
+    (
+        SELECT order_id, member_id, max(coupon) AS coupon, min(ordered_at) AS ordered_at,
+               argMax(status, ts_ms) AS status
+        FROM kagoflow.orders FINAL
+        GROUP BY order_id, member_id
+    )
+    WHERE coupon != '' AND status NOT IN ('cancelled', 'canceled', 'returned')
+    GROUP BY coupon, member_id
+) AS first_orders USING (code, member_id);
+
+-- Coupon report per rule / variant / shop-local day of issue: codes issued and redeemed.
+DROP TABLE IF EXISTS kagoflow.v_coupon_report;
+CREATE VIEW kagoflow.v_coupon_report AS
+SELECT rule_id, variant, toDate(issued_at, 'Asia/Tokyo') AS day, count() AS issued, sum(redeemed) AS redeemed
+FROM kagoflow.v_coupon_redemptions
+GROUP BY rule_id, variant, day;
 DROP TABLE IF EXISTS kagoflow.v_engagement;
 CREATE VIEW kagoflow.v_engagement AS SELECT * FROM kagoflow.engagement FINAL;
 

@@ -8,7 +8,7 @@ because Redis was away.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -140,6 +140,12 @@ class RedisCapStore:
         args = [limit for _, limit in request.counters] + [COUNTER_TTL_S, ANSWER_TTL_S]
         answer = await _guard(lambda: self._batcher.call("EVAL", _CAP_LUA, len(keys), *keys, *args))
         return bool(int(answer))
+
+    async def check(self, request: CapRequest) -> bool:
+        """Whether every counter is below its limit, counting nothing (a held-out mail, SPEC §14)."""
+        names = [self._prefix + name for name, _ in request.counters]
+        values = await _guard(lambda: self._client.mget(names))
+        return all(int(value or 0) < limit for value, (_, limit) in zip(values, request.counters, strict=True))
 
     async def count(self, counter: str) -> int:
         """Current value of one cap counter (for tests and operators)."""
@@ -332,6 +338,23 @@ class RedisStore:
             if raw is not None:
                 return _reason(raw)
         return None
+
+    async def list_addresses(self, entries: Sequence[tuple[str, str]], *, now_ms: int) -> None:
+        """``kagoflow.core.suppression.AddressBook``: list (email, reason) pairs (an entry already there keeps
+        its first reason and time)."""
+        if not entries:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for email, reason in entries:
+                pipe.hsetnx(self._suppressed_emails, _norm_email(email), f"{reason}|{now_ms}")
+            await _guard(pipe.execute)
+
+    async def address_reasons(self, emails: Sequence[str]) -> list[str | None]:
+        """``AddressBook``: one HMGET for a batch of decisions."""
+        if not emails:
+            return []
+        raw = await _guard(lambda: self.client.hmget(self._suppressed_emails, [_norm_email(e) for e in emails]))
+        return [None if value is None else _reason(value) for value in raw]
 
     async def unsuppress(self, *, member_id: str | None = None, email: str | None = None) -> None:
         """Re-subscribe (an operator action, e.g. after a member opted in again)."""

@@ -20,8 +20,12 @@ from kagoflow.streams import contract
 
 MAIL_DECISIONS: Final = "mail_decisions"
 ENGAGEMENT: Final = "engagement"
-ARCHIVE_TOPICS: Final = (*contract.INPUT_TOPICS, MAIL_DECISIONS, ENGAGEMENT)
-DECISION_STATUSES: Final = frozenset({"sent", "capped", "suppressed", "skipped"})
+COUPONS_ISSUED: Final = "coupons_issued"
+ARCHIVE_TOPICS: Final = (*contract.INPUT_TOPICS, MAIL_DECISIONS, ENGAGEMENT, COUPONS_ISSUED)
+DECISION_STATUSES: Final = frozenset(
+    {"sent", "capped", "suppressed", "skipped", "held_out", "started", "ended", "converted"}
+)
+"""Mail decisions, plus the life records of scenario runs (``started`` / ``ended`` / ``converted``)."""
 DELIVERY_RESULTS: Final = frozenset(
     {"delivered", "deferred", "bounced", "failed", "duplicate", "suppressed", "uncertain"}
 )
@@ -43,9 +47,11 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
                "item_product_ids", "item_quantities", "item_prices", "coupon", "total", *_KAFKA),
     "mail_decisions": ("decision_key", "member_id", "rule_id", "kind", "status", "reason", "products",
                        "at_ms", "due_ms", "episode", "template", "coupon", "sender_name", "cap_exempt",
-                       "step", "variant", *_KAFKA),
+                       "step", "variant", "send", "order_id", *_KAFKA),
     "engagement": ("at_ms", "event", "decision_key", "member_id", "rule_id", "url", "detail", "suspected_bot",
                    *_KAFKA),
+    "coupons_issued": ("code", "member_id", "rule_id", "decision_key", "kind", "variant", "issued_ms", "expires",
+                       "expires_ms", *_KAFKA),
 }
 
 
@@ -90,7 +96,8 @@ def _object(value: bytes) -> dict[str, Any]:
 
 
 def decision_row(value: bytes, partition: int, offset: int, timestamp: int | None) -> Row:
-    """``Decision.to_json()`` plus two optional fields of step mails: ``step`` (1..7), ``variant`` (A/B)."""
+    """``Decision.to_json()``; scenario decisions add ``step`` (1..7, 0 for life records), ``variant`` (A/B),
+    ``send`` (the j-th send of a repeated step) and ``order_id``."""
     data = _object(value)
     try:
         d = Decision.from_json(data)
@@ -101,11 +108,15 @@ def decision_row(value: bytes, partition: int, offset: int, timestamp: int | Non
     _check_decision(d)
     step = data.get("step") or 0
     variant = data.get("variant") or ""
+    send = data.get("send") or 0
+    order_id = data.get("order_id") or ""
     if type(step) is not int or not 0 <= step <= 255 or type(variant) is not str:
         raise ContractError("step/variant: step must be an integer 0..255, variant a string")
+    if type(send) is not int or not 0 <= send <= 255 or type(order_id) is not str:
+        raise ContractError("send/order_id: send must be an integer 0..255, order_id a string")
     return (d.key, d.member_id, d.rule_id, d.kind, d.status, d.reason, list(d.products), d.at_ms, d.due_ms,
             d.episode, d.template, d.coupon or "", d.sender_name or "", int(d.cap_exempt), step, variant,
-            partition, offset)
+            send, order_id, partition, offset)
 
 
 def _check_decision(d: Decision) -> None:
@@ -184,6 +195,23 @@ def engagement_row(value: bytes, partition: int, offset: int, timestamp: int | N
             partition, offset)
 
 
+def coupon_row(value: bytes, partition: int, offset: int, timestamp: int | None) -> Row:
+    """``IssuedCoupon.to_json()`` (SPEC §13): one code sent to one member."""
+    data = _object(value)
+    code, member, rule, key = (data.get(f) for f in ("code", "member_id", "rule", "key"))
+    if not all(type(v) is str and v for v in (code, member, rule, key)):
+        raise ContractError("coupon: code, member_id, rule and key must be non-empty strings")
+    issued, expires_ms = data.get("issued_ms"), data.get("expires_ms")
+    if type(issued) is not int or not contract.TS_MIN_MS <= issued < contract.TS_MAX_MS:
+        raise ContractError("issued_ms: out of range")
+    if expires_ms is not None and type(expires_ms) is not int:
+        raise ContractError("expires_ms: must be an integer")
+    expires, kind, variant = data.get("expires") or "", data.get("kind") or "", data.get("variant") or ""
+    if not all(type(v) is str for v in (expires, kind, variant)):
+        raise ContractError("expires/kind/variant: must be strings")
+    return (code, member, rule, key, kind, variant, issued, expires, expires_ms, partition, offset)
+
+
 MAPPERS: Final[dict[str, tuple[str, Mapper]]] = {
     contract.BEACONS: ("beacons", beacon_row),
     contract.MEMBERS: ("members", member_row),
@@ -191,5 +219,6 @@ MAPPERS: Final[dict[str, tuple[str, Mapper]]] = {
     contract.ORDERS: ("orders", order_row),
     MAIL_DECISIONS: ("mail_decisions", decision_row),
     ENGAGEMENT: ("engagement", engagement_row),
+    COUPONS_ISSUED: ("coupons_issued", coupon_row),
 }
 """topic → (table, mapper)."""

@@ -22,10 +22,12 @@ from datetime import date, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from kagoflow.core.abandonrule import AbandonmentRule
+from kagoflow.core import customer
+from kagoflow.core.abandonrule import AbandonmentRule, Filters
 from kagoflow.core.behaviour import MemberState, ProductActions, consent_reason, product_purchase_count
 from kagoflow.core.catalog import CatalogLookup
 from kagoflow.core.decisions import Decision, DecisionStatus
+from kagoflow.core.memberfilters import MemberFilter, first_failing
 from kagoflow.core.rules import ShopConfig
 from kagoflow.core.shoptime import at_local_time, local_date
 
@@ -76,12 +78,13 @@ def _episode_due(
     start = state.last_access if rule.clock == "last_access" else anchor(state, rule)
     if start is None:
         return None
-    after_ms = rule.after_ms
+    after_ms, days, at = rule.timing(state.member_id) if rule.send_b is not None else (
+        rule.after_ms, rule.days, rule.at)
     if after_ms is not None:
         due = start + after_ms
     else:
-        assert rule.days is not None and rule.at is not None
-        due = _bucket_due(start // _BUCKET_MS, rule.days, rule.at, shop.timezone)
+        assert days is not None and at is not None
+        due = _bucket_due(start // _BUCKET_MS, days, at, shop.timezone)
     if skipped_at is not None and due <= skipped_at:
         return None  # only a later due made by a new anchor re-evaluates a skipped episode
     return due
@@ -141,12 +144,15 @@ def scan(
         start = last_access if rule.clock == "last_access" else anchor(state, rule)
         if start is None:
             continue
-        after_ms = rule.after_ms
+        if rule.send_b is None:
+            after_ms, days, at = rule.after_ms, rule.days, rule.at
+        else:
+            after_ms, days, at = rule.timing(state.member_id)
         if after_ms is not None:
             due = start + after_ms
         else:
-            assert rule.days is not None and rule.at is not None
-            due = _bucket_due(start // _BUCKET_MS, rule.days, rule.at, shop.timezone)
+            assert days is not None and at is not None
+            due = _bucket_due(start // _BUCKET_MS, days, at, shop.timezone)
         skipped_at = episode[1]
         if skipped_at is not None and due <= skipped_at:
             continue
@@ -210,7 +216,7 @@ def evaluate(
     if not products:
         status, reason = "skipped", "no_products"
     else:
-        failed = failing_filter(state, rule, catalog=catalog)
+        failed = failing_filter(state, rule, catalog=catalog, now_ms=at_ms, shop=shop)
         if failed is not None:
             status, reason = "skipped", f"filter:{failed}"
         else:
@@ -233,14 +239,49 @@ def evaluate(
         at_ms=at_ms,
         episode=str(open_ms),
         template=rule.template,
-        coupon=rule.coupon,
         sender_name=rule.sender_name or shop.sender_name,
     )
 
 
-def failing_filter(state: MemberState, rule: AbandonmentRule, *, catalog: CatalogLookup) -> str | None:
-    """Name of the first filter the member fails, or None."""
+def failing_filter(state: MemberState, rule: AbandonmentRule, *, catalog: CatalogLookup, now_ms: int = 0,
+                   shop: ShopConfig | None = None) -> str | None:
+    """Name of the first filter (in file order) the member fails, or None."""
     filters = rule.filters
+    if filters.member:
+        return _first_failing_in_order(state, rule, catalog=catalog, now_ms=now_ms, shop=shop)
+    return _failing_own(state, rule, catalog=catalog)
+
+
+def _first_failing_in_order(state: MemberState, rule: AbandonmentRule, *, catalog: CatalogLookup, now_ms: int,
+                            shop: ShopConfig | None) -> str | None:
+    """File order across the rule's own filters and the §13 member filters (one facts snapshot)."""
+    shop = shop or ShopConfig()
+    member = {flt.name: flt for flt in rule.filters.member}
+    facts = customer.facts(state)
+    batch: list[MemberFilter] = []  # consecutive member filters are checked in one call
+    for name in (*rule.filters.order, ""):
+        flt = member.get(name)
+        if flt is not None:
+            batch.append(flt)
+            continue
+        if batch:
+            failed = first_failing(batch, facts, now_ms, shop.timezone, shop.segments)
+            if failed is not None:
+                return failed
+            batch = []
+        if name:
+            failed = _failing_own(state, rule, catalog=catalog, only=name)
+            if failed is not None:
+                return failed
+    return None
+
+
+def _failing_own(state: MemberState, rule: AbandonmentRule, *, catalog: CatalogLookup,
+                 only: str | None = None) -> str | None:
+    """The first failing abandonment filter of SPEC §10 (or only filter ``only``)."""
+    filters = rule.filters
+    if only is not None:
+        filters = Filters(**{only: getattr(filters, only)})
     if filters.purchase_count is not None and not filters.purchase_count.contains(state.purchase_count):
         return "purchase_count"
     if filters.devices is not None and state.device not in filters.devices:

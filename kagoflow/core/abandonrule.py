@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kagoflow.core.coupons import CouponSpec, parse_coupon
 from kagoflow.core.errors import RuleError
 from kagoflow.core.events import DEVICES
+from kagoflow.core.memberfilters import MEMBER_FILTER_KEYS, MemberFilter, parse_member_filter
+from kagoflow.core.variants import Measurement, parse_measurement, variant_of
 
 Trigger = Literal["cart", "favorite", "view"]
 Clock = Literal["action", "last_access"]
@@ -28,9 +31,11 @@ _HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)\Z")
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
 """Seconds exist for demos and tests, which lower the 15-minute floor (``KAGOFLOW_MIN_DELAY_SECONDS``)."""
 _TOP_KEYS = ("id", "kind", "trigger", "products", "clock", "send", "filters", "template", "sender_name",
-             "coupon", "enabled")
+             "coupon", "enabled", "split", "holdout")
 _REQUIRED = ("id", "kind", "trigger", "send")
-_FILTER_KEYS = ("purchase_count", "devices", "min_cart_amount", "product_purchase_count")
+_FILTER_KEYS = ("purchase_count", "devices", "min_cart_amount", "product_purchase_count", *MEMBER_FILTER_KEYS)
+Timing = tuple[int | None, int | None, tuple[int, int] | None]
+"""(after_ms, days, at) of one ``send``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,10 @@ class Filters:
     devices: frozenset[str] | None = None
     min_cart_amount: float | None = None
     product_purchase_count: tuple[frozenset[str], CountRange] | None = None
+    member: tuple[MemberFilter, ...] = ()
+    """The §13 member filters."""
+    order: tuple[str, ...] = ()
+    """Every filter's name in file order: the first failing one is reported (SPEC §14 fine points)."""
 
     def describe(self) -> list[str]:
         parts: list[str] = []
@@ -68,6 +77,10 @@ class Filters:
         if self.product_purchase_count is not None:
             products, count = self.product_purchase_count
             parts.append(f"product_purchase_count({','.join(sorted(products))})={count.describe()}")
+        parts += [f.describe() for f in self.member]
+        if self.member and self.order:  # with §13 filters: file order, the order they are checked in
+            rank = {name: i for i, name in enumerate(self.order)}
+            parts.sort(key=lambda part: rank.get(part.split("=")[0].split("(")[0], len(rank)))
         return parts
 
 
@@ -87,10 +100,22 @@ class AbandonmentRule:
     at: tuple[int, int] | None = None
     filters: Filters = Filters()
     sender_name: str | None = None
-    coupon: str | None = None
+    coupon: CouponSpec | None = None
     enabled: bool = True
     file: str = ""
     kind: Literal["abandonment"] = "abandonment"
+    measurement: Measurement | None = None
+    """Templates (A/B), split and holdout; None = just ``template``."""
+    send_b: Timing | None = None
+    """The B timing of a send-time test (``after_ms``/``days``/``at`` are A's)."""
+
+    def timing(self, member_id: str) -> Timing:
+        """The member's (after_ms, days, at): the B timing for B members of a send-time test."""
+        measurement = self.measurement
+        if self.send_b is not None and measurement is not None and variant_of(
+                member_id, self.id, measurement.split) == "B":
+            return self.send_b
+        return self.after_ms, self.days, self.at
 
     def concerns(self, product_id: str) -> bool:
         """Whether the product filter lets ``product_id`` through."""
@@ -112,9 +137,18 @@ class AbandonmentRule:
         parts = [f"{self.id}: abandonment on {self.trigger}, {products}, {when}"]
         filters = self.filters.describe()
         parts.append("filters: " + " ".join(filters) if filters else "no filters")
-        parts.append(f"template {self.template}")
+        if self.measurement is None or not self.measurement.is_ab:
+            parts.append(f"template {self.template}")
+        if self.send_b is not None:
+            b_after, b_days, b_at = self.send_b
+            split = self.measurement.split if self.measurement else 50
+            b_when = (format_duration(b_after) if b_after is not None
+                      else f"{b_days} days at {b_at[0]:02d}:{b_at[1]:02d}" if b_at else "")
+            parts.append(f"send-time test B: {b_when} (A {split} %)")
+        if self.measurement is not None and (self.measurement.is_ab or self.measurement.holdout):
+            parts.append(self.measurement.describe(with_single=False))
         if self.coupon:
-            parts.append(f"coupon {self.coupon}")
+            parts.append(self.coupon.describe())
         if self.sender_name:
             parts.append(f"sender {self.sender_name}")
         line = "; ".join(parts)
@@ -122,7 +156,8 @@ class AbandonmentRule:
 
 
 def parse_abandonment_rule(
-    data: Mapping[str, Any], *, file: str, templates_dir: Path | None = None, min_delay_seconds: int = 900
+    data: Mapping[str, Any], *, file: str, templates_dir: Path | None = None, min_delay_seconds: int = 900,
+    rules_dir: Path | None = None,
 ) -> AbandonmentRule:
     """Validate one rule file's mapping; raises ``RuleError`` on the first fault."""
     _no_unknown_keys(data, _TOP_KEYS, file=file, prefix="")
@@ -141,11 +176,24 @@ def parse_abandonment_rule(
     if clock not in CLOCKS:
         raise RuleError(file, "clock", clock, "must be action or last_access")
     include, exclude = parse_products(data.get("products", "all"), file=file)
-    after_ms, days, at = _parse_send(data["send"], file=file, min_delay_seconds=min_delay_seconds)
+    send = data["send"]
+    send_b = None
+    if isinstance(send, list):
+        if len(send) != 2:
+            raise RuleError(file, "send", send, "a send-time test lists exactly two timings")
+        after_ms, days, at = _parse_send(send[0], file=file, min_delay_seconds=min_delay_seconds, key="send.0")
+        send_b = _parse_send(send[1], file=file, min_delay_seconds=min_delay_seconds, key="send.1")
+    else:
+        after_ms, days, at = _parse_send(send, file=file, min_delay_seconds=min_delay_seconds)
+    measurement = parse_measurement(data, file=file, templates_dir=templates_dir, default_template=trigger,
+                                    ab_allowed=send_b is None)
+    coupon = None if data.get("coupon") is None else parse_coupon(data["coupon"], file=file, rules_dir=rules_dir)
     return AbandonmentRule(
         id=rule_id,
         trigger=trigger,
-        template=parse_template(data.get("template", trigger), file=file, templates_dir=templates_dir),
+        template=measurement.templates[0],
+        measurement=measurement,
+        send_b=send_b,
         clock=clock,
         include=include,
         exclude=exclude,
@@ -154,7 +202,7 @@ def parse_abandonment_rule(
         at=at,
         filters=_parse_filters(data.get("filters"), file=file),
         sender_name=_optional_text(data, "sender_name", file=file),
-        coupon=_optional_text(data, "coupon", file=file),
+        coupon=coupon,
         enabled=_enabled(data.get("enabled", True), file=file),
         file=file,
     )
@@ -213,31 +261,29 @@ def parse_template(value: object, *, file: str, templates_dir: Path | None) -> s
     return value
 
 
-def _parse_send(
-    value: object, *, file: str, min_delay_seconds: int
-) -> tuple[int | None, int | None, tuple[int, int] | None]:
+def _parse_send(value: object, *, file: str, min_delay_seconds: int, key: str = "send") -> Timing:
     if not isinstance(value, Mapping) or not value:
-        raise RuleError(file, "send", value, 'must be {after: 1h} or {days: 1, at: "09:00"}')
-    _no_unknown_keys(value, ("after", "days", "at"), file=file, prefix="send.")
+        raise RuleError(file, key, value, 'must be {after: 1h} or {days: 1, at: "09:00"} (or a list of two)')
+    _no_unknown_keys(value, ("after", "days", "at"), file=file, prefix=f"{key}.")
     if "after" in value:
         if len(value) > 1:
             other = next(k for k in value if k != "after")
-            raise RuleError(file, f"send.{other}", value[other], "cannot be combined with send.after")
-        after_ms = parse_duration(value["after"], file=file, key="send.after")
+            raise RuleError(file, f"{key}.{other}", value[other], f"cannot be combined with {key}.after")
+        after_ms = parse_duration(value["after"], file=file, key=f"{key}.after")
         if after_ms < min_delay_seconds * 1000:
-            raise RuleError(file, "send.after", value["after"],
+            raise RuleError(file, f"{key}.after", value["after"],
                             f"must be at least {format_duration(min_delay_seconds * 1000)}")
         if after_ms > MAX_AFTER_MS:
-            raise RuleError(file, "send.after", value["after"],
+            raise RuleError(file, f"{key}.after", value["after"],
                             'must be at most 12h (use send: {days: N, at: "HH:MM"} for later sends)')
         return after_ms, None, None
-    for key in ("days", "at"):
-        if key not in value:
-            raise RuleError(file, f"send.{key}", None, "missing (send needs after, or days and at)")
+    for name in ("days", "at"):
+        if name not in value:
+            raise RuleError(file, f"{key}.{name}", None, "missing (send needs after, or days and at)")
     days = value["days"]
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS:
-        raise RuleError(file, "send.days", days, f"must be a whole number of days, 1..{MAX_DAYS}")
-    return None, days, parse_hhmm(value["at"], file=file, key="send.at")
+        raise RuleError(file, f"{key}.days", days, f"must be a whole number of days, 1..{MAX_DAYS}")
+    return None, days, parse_hhmm(value["at"], file=file, key=f"{key}.at")
 
 
 def _parse_filters(value: object, *, file: str) -> Filters:
@@ -246,6 +292,8 @@ def _parse_filters(value: object, *, file: str) -> Filters:
     if not isinstance(value, Mapping):
         raise RuleError(file, "filters", value, "must be a mapping of filters")
     _no_unknown_keys(value, _FILTER_KEYS, file=file, prefix="filters.")
+    member = tuple(parse_member_filter(str(name), raw, file=file) for name, raw in value.items()
+                   if name in MEMBER_FILTER_KEYS)
     purchase_count = None
     if "purchase_count" in value:
         purchase_count = _count_range(value["purchase_count"], file=file, key="filters.purchase_count")
@@ -266,15 +314,20 @@ def _parse_filters(value: object, *, file: str) -> Filters:
         min_cart_amount = float(raw)
     product_purchase_count = None
     if "product_purchase_count" in value:
-        raw = value["product_purchase_count"]
-        key = "filters.product_purchase_count"
-        if not isinstance(raw, Mapping) or "products" not in raw:
-            raise RuleError(file, key, raw, "must be {products: [sku, ...], min: N, max: N}")
-        _no_unknown_keys(raw, ("products", "min", "max"), file=file, prefix=key + ".")
-        products = _product_list(raw["products"], file=file, key=key + ".products")
-        bounds = {k: v for k, v in raw.items() if k != "products"}
-        product_purchase_count = (products, _count_range(bounds, file=file, key=key))
-    return Filters(purchase_count, devices, min_cart_amount, product_purchase_count)
+        product_purchase_count = parse_product_purchase_count(
+            value["product_purchase_count"], file=file, key="filters.product_purchase_count")
+    return Filters(purchase_count, devices, min_cart_amount, product_purchase_count, member,
+                   tuple(str(name) for name in value))
+
+
+def parse_product_purchase_count(raw: object, *, file: str, key: str) -> tuple[frozenset[str], CountRange]:
+    """``{products: [sku, ...], min: N, max: N}`` (abandonment filters, scenario start conditions)."""
+    if not isinstance(raw, Mapping) or "products" not in raw:
+        raise RuleError(file, key, raw, "must be {products: [sku, ...], min: N, max: N}")
+    _no_unknown_keys(raw, ("products", "min", "max"), file=file, prefix=key + ".")
+    products = _product_list(raw["products"], file=file, key=key + ".products")
+    bounds = {k: v for k, v in raw.items() if k != "products"}
+    return products, _count_range(bounds, file=file, key=key)
 
 
 def _count_range(value: object, *, file: str, key: str) -> CountRange:

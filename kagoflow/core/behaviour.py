@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 import orjson
 
-from kagoflow.core.events import Beacon, MemberUpdate, OrderUpdate
+from kagoflow.core import customer as cust
+from kagoflow.core.events import Beacon, Engagement, MemberUpdate, OrderUpdate
+from kagoflow.core.segments import DEFAULT_CANCELLED
 
 ProductStateName = Literal["cart", "favorite", "view"]
 
@@ -107,6 +109,8 @@ class MemberState:
 
     __slots__ = (
         "beacon_device",
+        "bounced",
+        "cust",
         "due_cache",
         "email",
         "episodes",
@@ -123,6 +127,7 @@ class MemberState:
         "profile_device",
         "purchase_base",
         "recent_events",
+        "runs",
         "touched",
         "unsubscribed",
     )
@@ -146,6 +151,13 @@ class MemberState:
         self.orders_after_base = 0
         """Distinct orders first seen after the latest profile record carrying ``purchase_count``."""
         self.unsubscribed = False
+        """Sticky (SPEC §11/§12): set by an ``unsubscribe`` engagement record; no marketing mail after it."""
+        self.bounced = False
+        """Sticky: a permanent delivery failure to the member's address (a ``bounce`` engagement record)."""
+        self.runs: dict[str, Any] = {}
+        self.cust: cust.CustomerData | None = None
+        """Aggregates, customer fields, date/inactive turns and coupons (``kagoflow.core.customer``)."""
+        """Scenario runs, owned by ``kagoflow.core.scenario`` (opaque here, JSON-able)."""
         self.recent_events: dict[str, None] = {}
         """Ordered set of the latest ``DEDUP_WINDOW`` beacon event ids."""
         self.episodes: dict[str, tuple[int, int | None]] = {}
@@ -166,7 +178,8 @@ class MemberState:
 
     @property
     def purchase_count(self) -> int:
-        return (self.purchase_base or 0) + self.orders_after_base
+        """SPEC §11/§13: base + later distinct orders, leaving out cancelled ones."""
+        return cust.purchase_count(self)
 
     @property
     def device(self) -> str | None:
@@ -185,7 +198,7 @@ class MemberState:
     # -- serialization -------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         products = self.products
-        return orjson.dumps({
+        raw = {
             "v": FORMAT_VERSION,
             "m": self.member_id,
             # inline slot reads: ~3x faster than a method or ``attrgetter`` call per product
@@ -204,7 +217,15 @@ class MemberState:
             "ep": self.episodes,
             "pw": self.price_watch,
             "pt": self.partition,
-        })
+        }
+        # format 1 additions: optional keys, written only when set (older states lack them; read with defaults)
+        if self.bounced:
+            raw["bo"] = True
+        if self.runs:
+            raw["sc"] = self.runs
+        if self.cust is not None:
+            raw["cu"] = self.cust.to_list()
+        return orjson.dumps(raw)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MemberState:
@@ -232,6 +253,13 @@ class MemberState:
             state.episodes = {rule: (episode[0], episode[1]) for rule, episode in episodes.items()}
         state.price_watch = raw["pw"]
         state.partition = raw["pt"]
+        state.bounced = raw.get("bo", False)
+        runs = raw.get("sc")
+        if runs:
+            state.runs = runs
+        customer = raw.get("cu")
+        if customer is not None:
+            state.cust = cust.CustomerData.from_list(customer)
         return state
 
 
@@ -243,6 +271,8 @@ def consent_reason(state: MemberState) -> str | None:
         return "no_consent"
     if state.unsubscribed:
         return "unsubscribed"
+    if state.bounced:
+        return "bounced"
     return None
 
 
@@ -318,6 +348,7 @@ def _apply_purchase(state: MemberState, beacon: Beacon) -> None:
     for pid in bought:
         state.products.pop(pid, None)
     order_id = beacon.order_id if beacon.order_id is not None else f"beacon:{beacon.event_id}"
+    cust.on_purchase_beacon(state, order_id, beacon.ts)  # before ``orders`` learns it (see customer())
     _remember_order(state, order_id, bought)
     state.touched = tuple(bought)
 
@@ -351,18 +382,32 @@ def apply_member(state: MemberState, update: MemberUpdate) -> None:
     if update.purchase_count is not None:
         state.purchase_base = update.purchase_count
         state.orders_after_base = 0
+    cust.on_profile(state, update)
     state.touched = ()
 
 
-def apply_order(state: MemberState, update: OrderUpdate) -> None:
-    """Remember the order's items (for purchase beacons naming only the order id) and count it once."""
+def apply_engagement(state: MemberState, record: Engagement) -> None:
+    """Unsubscribes and bounces reach the member's (changelogged) state: from ``record.ts`` on, every
+    marketing mail of the member is ``suppressed``. Opens and clicks are the scenario program's business."""
+    if record.event == "unsubscribe":
+        mark_unsubscribed(state)
+    elif record.event == "bounce":
+        state.bounced = True
+    state.touched = ()
+
+
+def apply_order(state: MemberState, update: OrderUpdate, cancelled: frozenset[str] = DEFAULT_CANCELLED) -> None:
+    """Remember the order's items (for purchase beacons naming only the order id), count it once, keep the
+    aggregates (``cancelled`` = shop.yaml ``cancelled_statuses``) and redeem an issued coupon it carries."""
+    cust.on_order(state, update, cancelled)
     _remember_order(state, update.order_id, [item.product_id for item in update.items])
     state.touched = ()
 
 
 def product_purchase_count(state: MemberState, products: frozenset[str]) -> int:
-    """Orders seen that contain at least one of ``products``."""
-    return sum(1 for items in state.orders.values() if not products.isdisjoint(items))
+    """Orders seen, not cancelled, that contain at least one of ``products``."""
+    return sum(1 for order_id, items in state.orders.items()
+               if not products.isdisjoint(items) and not cust.is_cancelled(state, order_id))
 
 
 def current_products(state: MemberState) -> list[dict[str, Any]]:

@@ -73,6 +73,10 @@ class InMemoryCapStore:
         self.answers[request.key] = allowed
         return allowed
 
+    async def check(self, request: CapRequest) -> bool:
+        """Whether every counter is below its limit, counting nothing (a held-out mail)."""
+        return all(self.counts.get(name, 0) < limit for name, limit in request.counters)
+
 
 async def apply_caps(
     decisions: Iterable[Decision], store: CapStore, *, limits: CapLimits, tz: ZoneInfo
@@ -85,6 +89,14 @@ async def apply_caps(
                 member_id=decision.member_id, key=decision.key, at_ms=decision.at_ms, limits=limits, tz=tz
             )
             if not await store.acquire(request):
+                decision = decision.with_status("capped", "capped")
+        elif decision.status == "held_out" and not decision.cap_exempt and not limits.unlimited:
+            # SPEC §14: held out where it would have been sent, after caps — checked, never counted
+            check = getattr(store, "check", None)
+            request = cap_request(
+                member_id=decision.member_id, key=decision.key, at_ms=decision.at_ms, limits=limits, tz=tz
+            )
+            if check is not None and not await check(request):
                 decision = decision.with_status("capped", "capped")
         out.append(decision)
     return out

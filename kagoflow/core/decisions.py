@@ -9,8 +9,10 @@ import orjson
 
 from kagoflow.core.shoptime import UTC, iso
 
-DecisionStatus = Literal["sent", "capped", "suppressed", "skipped"]
-DecisionKind = Literal["abandonment", "price_drop", "restock"]
+DecisionStatus = Literal["sent", "capped", "suppressed", "skipped", "held_out", "started", "ended", "converted"]
+DecisionKind = Literal["abandonment", "price_drop", "restock", "scenario", "date", "inactive"]
+LIFE_STATUSES: frozenset[str] = frozenset({"started", "ended", "converted"})
+"""Scenario life records (SPEC §12): decisions that send nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +36,25 @@ class Decision:
     episode: str
     template: str
     coupon: str | None = None
+    """The issued code (set by the coupon step after caps, SPEC §13)."""
     sender_name: str | None = None
     cap_exempt: bool = False
+    step: int = 0
+    """Scenario step (1..7); 0 for life records and other kinds."""
+    variant: str = ""
+    """``"A"`` / ``"B"`` of an A/B test (template or send time; a scenario step's two templates), else ``""``
+    (SPEC §12, §14)."""
+    send: int = 0
+    """The j-th send of a (repeated) scenario step; 0 for life records."""
+    order_id: str | None = None
+    """The scenario run's order."""
+    coupon_expires: str | None = None
+    """Shop-local date ``YYYY-MM-DD`` the coupon is valid through (rules with ``valid_days``)."""
 
     @property
     def key(self) -> str:
-        """Idempotency key: one mail per (member, rule, episode)."""
+        """Idempotency key: one mail per (member, rule, episode). A scenario's episode is
+        ``order_id|step|send``, so its key is (member, scenario, order_id, step, send) as SPEC §12 says."""
         return f"{self.member_id}|{self.rule_id}|{self.episode}"
 
     def with_status(self, status: DecisionStatus, reason: str) -> Decision:
@@ -64,6 +79,10 @@ class Decision:
             "coupon": self.coupon,
             "sender_name": self.sender_name,
             "cap_exempt": self.cap_exempt,
+            "variant": self.variant,
+            "coupon_expires": self.coupon_expires,
+            **({"step": self.step, "send": self.send, "order_id": self.order_id}
+               if self.kind == "scenario" else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -85,4 +104,9 @@ class Decision:
             coupon=data.get("coupon"),
             sender_name=data.get("sender_name"),
             cap_exempt=bool(data.get("cap_exempt", False)),
+            step=int(data.get("step", 0)),
+            variant=data.get("variant") or "",
+            send=int(data.get("send", 0)),
+            order_id=data.get("order_id"),
+            coupon_expires=data.get("coupon_expires"),
         )

@@ -1,8 +1,11 @@
 """The decision engine: one member's records and clock ticks in, mail decisions out.
 
-The live worker and the backtest drive the same ``Engine``; it knows nothing of Kafka or wall-clock time,
-only the epoch-ms times it is handed. Returned ``sent`` abandonment decisions still pass through
-``caps.apply_caps`` at the caller, which may turn them into ``capped``.
+The ``Engine`` is a composition of programs (``kagoflow.core.program.Program``): abandonment, price/stock
+watch, scenarios, ... Each keeps its pending work in the member's state; the engine applies records to the
+shared behaviour state and asks every program what is due. The live worker and the backtest drive the
+same ``Engine``; it knows nothing of Kafka or wall-clock time, only the epoch-ms times it is handed.
+Returned ``sent`` abandonment decisions still pass through ``caps.apply_caps`` at the caller, which may
+turn them into ``capped``.
 
 Callers drop duplicate beacons *before* ``handle`` (``if state.seen_event(beacon.event_id): skip``);
 ``handle`` itself does not deduplicate.
@@ -10,128 +13,134 @@ Callers drop duplicate beacons *before* ``handle`` (``if state.seen_event(beacon
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, cast
 
-from kagoflow.core import abandonment
+from kagoflow.core import measure, pricewatch
 from kagoflow.core.abandonrule import AbandonmentRule
-from kagoflow.core.behaviour import MemberState, apply_beacon, apply_member, apply_order
+from kagoflow.core.behaviour import MemberState, apply_beacon, apply_engagement, apply_member, apply_order
 from kagoflow.core.catalog import CatalogLookup, PriceTrigger
+from kagoflow.core.customerprograms import DateProgram, InactiveProgram
+from kagoflow.core.daterules import DateRule, InactiveRule
 from kagoflow.core.decisions import Decision
-from kagoflow.core.events import Beacon, MemberUpdate, OrderUpdate
+from kagoflow.core.events import Beacon, MemberRecord, MemberUpdate, OrderUpdate
+from kagoflow.core.pricerules import PriceRule
+from kagoflow.core.program import Program
+from kagoflow.core.programs import AbandonmentProgram, PriceWatchProgram
 from kagoflow.core.rules import PriceRuleLike, RuleSet
+from kagoflow.core.scenario import ScenarioProgram
 
 
-class _PriceWatch(Protocol):
-    """``kagoflow.core.pricewatch`` as the engine uses it (module written by the price engineer)."""
-
-    def on_trigger(self, state: MemberState, trigger: PriceTrigger, rule: Any, /) -> bool: ...
-    def next_due(self, state: MemberState, /) -> int | None: ...
-    def fire_due(
-        self, state: MemberState, now_ms: int, /, *, rules: Mapping[str, Any], catalog: CatalogLookup
-    ) -> list[Decision]: ...
-
-
-def _load_pricewatch() -> _PriceWatch | None:
-    try:
-        module: _PriceWatch = importlib.import_module("kagoflow.core.pricewatch")
-    except ImportError:
-        return None
-    return module
+def default_programs(rules: RuleSet) -> list[Program]:
+    """The programs a rule set needs, in the order their decisions are listed when due at the same time.
+    A kind with no enabled rule gets no program (nothing to ask per record)."""
+    programs: list[Program] = []
+    abandonment_rules = [rule for rule in rules.abandonment if rule.enabled]
+    if abandonment_rules:
+        programs.append(AbandonmentProgram(abandonment_rules, rules.shop))
+    price_rules = {rule.id: rule for rule in rules.price if rule.enabled}
+    if price_rules:
+        programs.append(PriceWatchProgram(cast(dict[str, PriceRule], price_rules)))
+    if any(rule.enabled for rule in rules.scenarios):
+        programs.append(ScenarioProgram(rules.scenarios, rules.shop))
+    date_rules = [rule for rule in rules.customer if rule.enabled and isinstance(rule, DateRule)]
+    if date_rules:
+        programs.append(DateProgram(date_rules, rules.shop))
+    inactive_rules = [rule for rule in rules.customer if rule.enabled and isinstance(rule, InactiveRule)]
+    if inactive_rules:
+        programs.append(InactiveProgram(inactive_rules, rules.shop))
+    return programs
 
 
 class Engine:
-    """Applies records to a ``MemberState`` and fires what is due, per SPEC §11."""
+    """Applies records to a ``MemberState`` and fires what its programs have due, per SPEC §11–§13."""
 
-    def __init__(self, rules: RuleSet) -> None:
+    def __init__(self, rules: RuleSet, programs: Sequence[Program] | None = None) -> None:
         self.rules = rules
         self.shop = rules.shop
         self.abandonment: list[AbandonmentRule] = [rule for rule in rules.abandonment if rule.enabled]
         self.price_rules: dict[str, PriceRuleLike] = {rule.id: rule for rule in rules.price if rule.enabled}
-        self._by_action: dict[str, list[AbandonmentRule]] = {
-            action: [rule for rule in self.abandonment if rule.trigger == trigger]
-            for action, trigger in abandonment.ACTION_TRIGGER.items()
-        }
-        self._pricewatch = _load_pricewatch() if self.price_rules else None
+        self.programs: tuple[Program, ...] = tuple(default_programs(rules) if programs is None else programs)
+        self._measured = measure.measured_rules(rule for rule in rules.by_id.values() if rule.enabled)
+        self._cancelled = rules.shop.segments.cancelled_statuses
 
     # -- public API --------------------------------------------------------------------------------------
-    def handle(
-        self, state: MemberState, record: Beacon | MemberUpdate | OrderUpdate, *, catalog: CatalogLookup
-    ) -> list[Decision]:
+    def handle(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
         """Fire what is due at or before ``record.ts`` (a due equal to ``ts`` fires first), apply the record,
-        then fire, at ``record.ts``, whatever the record moved into the past."""
+        then let every program react at ``record.ts`` (e.g. fire what the record moved into the past)."""
         if record.member_id != state.member_id:
             raise ValueError(f"record of member {record.member_id!r} handed to state of {state.member_id!r}")
-        ts = record.ts
-        decisions = self._fire(state, ts, catalog=catalog)  # made at ts: the record is "now"
-        if isinstance(record, Beacon):
-            apply_beacon(state, record)
-            product_id = record.product_id
-            if product_id is not None:
-                rules = self._by_action.get(record.type)
-                if rules:
-                    abandonment.open_episodes(state, rules, product_id, ts)
-            if state.episodes:
-                # Anchors may have moved either way; a due now in the past fires at this record's time.
-                moved, state.due_cache = abandonment.scan(
-                    state, self.abandonment, ts, at_ms=ts, catalog=catalog, shop=self.shop
-                )
-                if moved:
-                    decisions.extend(moved)
-            else:
-                state.due_cache = None
-        elif isinstance(record, MemberUpdate):
-            apply_member(state, record)  # no anchor depends on the profile
+        decisions = self._fire(state, record.ts, catalog=catalog)  # made at ts: the record is "now"
+        record_type = type(record)
+        if record_type is Beacon:
+            apply_beacon(state, cast(Beacon, record))
+        elif record_type is MemberUpdate:
+            apply_member(state, cast(MemberUpdate, record))
+        elif record_type is OrderUpdate:
+            # orders are no beacons: neither access nor reset
+            apply_order(state, cast(OrderUpdate, record), self._cancelled)
         else:
-            apply_order(state, record)  # orders are no beacons: neither access nor reset
-        return decisions
+            apply_engagement(state, cast(Any, record))
+        for program in self.programs:
+            made = program.on_record(state, record, catalog=catalog)
+            if made:
+                decisions.extend(made)
+        return self.finish(state, decisions) if decisions else decisions
 
     def tick(self, state: MemberState, now_ms: int, *, catalog: CatalogLookup) -> list[Decision]:
         """Fire everything due at or before ``now_ms``. Decisions are made at ``now_ms`` (``at_ms``; caps
         count in its period) and keep their ``due_ms``; the backtest ticks exactly at due times."""
-        return self._fire(state, now_ms, catalog=catalog)
+        decisions = self._fire(state, now_ms, catalog=catalog)
+        return self.finish(state, decisions) if decisions else decisions
+
+    def finish(self, state: MemberState, decisions: list[Decision]) -> list[Decision]:
+        """Price/stock filters, A/B template and holdout (``kagoflow.core.measure``) of a member's decisions;
+        callers that decide outside ``handle``/``tick`` (immediate price sends) pass theirs through it."""
+        return measure.finish(state, decisions, self._measured, tz=self.shop.timezone,
+                              segments=self.shop.segments)
+
+    def coupon_pool_empty(self, state: MemberState, decision: Decision) -> list[Decision]:
+        """What follows a ``coupon_pool_empty`` skip (SPEC §14 fine points): an abandonment episode stays open
+        (evaluated again at a later due made by a new anchor), a scenario run ends (its ``ended`` record is
+        returned), a date / inactive turn is used up (nothing to do)."""
+        if decision.kind == "abandonment":
+            state.episodes[decision.rule_id] = (int(decision.episode), decision.due_ms)
+            state.due_cache = False
+            return []
+        if decision.kind == "scenario":
+            for program in self.programs:
+                end = getattr(program, "end_for_coupon", None)
+                if end is not None:
+                    return cast(list[Decision], end(state, decision))
+        return []
 
     def next_due(self, state: MemberState) -> int | None:
-        """Earliest pending due time of the member (abandonment and price/stock), or None."""
-        due = state.due_cache
-        if due is False:
-            due = self._abandonment_due(state)
-        if state.price_watch and self._pricewatch is not None:
-            price_due = self._pricewatch.next_due(state)
-            if price_due is not None and (due is None or price_due < due):
-                due = price_due
+        """Earliest pending due time of the member over all programs, or None."""
+        due: int | None = None
+        for program in self.programs:
+            at = program.next_due(state)
+            if at is not None and (due is None or at < due):
+                due = at
         return due
 
     def on_price_trigger(self, state: MemberState, trigger: PriceTrigger) -> bool:
         """Hand a catalog trigger to the member's pending price/stock mails (False if it does not apply)."""
         rule = self.price_rules.get(trigger.rule_id)
-        if rule is None or self._pricewatch is None:
+        if rule is None:
             return False
-        return self._pricewatch.on_trigger(state, trigger, rule)
+        return pricewatch.on_trigger(state, trigger, cast(PriceRule, rule))
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _abandonment_due(self, state: MemberState) -> int | None:
-        due = state.due_cache
-        if due is False:
-            due = state.due_cache = abandonment.next_due(state, self.abandonment, self.shop)
-        assert due is not True
-        return due
-
     def _fire(self, state: MemberState, now_ms: int, *, catalog: CatalogLookup) -> list[Decision]:
         decisions: list[Decision] = []
-        due = state.due_cache
-        if due is False:
-            due = self._abandonment_due(state)
-        if due is not None and due <= now_ms:
-            decisions, state.due_cache = abandonment.scan(
-                state, self.abandonment, now_ms, at_ms=now_ms, catalog=catalog, shop=self.shop
-            )
-        if state.price_watch and self._pricewatch is not None:
-            price_due = self._pricewatch.next_due(state)
-            if price_due is not None and price_due <= now_ms:
-                priced = self._pricewatch.fire_due(state, now_ms, rules=self.price_rules, catalog=catalog)
-                if priced:
-                    decisions.extend(priced)
-                    decisions.sort(key=lambda decision: decision.due_ms)
+        fired_programs = 0
+        for program in self.programs:
+            due = program.next_due(state)
+            if due is not None and due <= now_ms:
+                fired = program.fire_due(state, now_ms, catalog=catalog)
+                if fired:
+                    decisions.extend(fired)
+                    fired_programs += 1
+        if fired_programs > 1:
+            decisions.sort(key=lambda decision: decision.due_ms)
         return decisions

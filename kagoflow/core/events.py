@@ -87,6 +87,14 @@ class MemberUpdate:
     device: Device | None = None
     locale: str | None = None
     purchase_count: int | None = None
+    total_amount: float | None = None
+    """Base values (SPEC §13) as of ``ts``: later purchases add to them."""
+    first_purchase_at: int | None = None
+    last_purchase_at: int | None = None
+    birthday: str | None = None
+    """``YYYY-MM-DD`` (validated by the contract)."""
+    gender: str | None = None
+    registered_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +134,33 @@ class OrderUpdate:
     total: float | None = None
 
 
-Record = Beacon | MemberUpdate | CatalogUpdate | OrderUpdate
+EngagementEvent = Literal["open", "click", "unsubscribe", "bounce"]
+ENGAGEMENT_EVENTS: frozenset[str] = frozenset({"open", "click", "unsubscribe", "bounce"})
 
-# SPEC §11: records with equal ts are processed members, catalog, orders, beacons, then input order.
-RECORD_ORDER: dict[type, int] = {MemberUpdate: 0, CatalogUpdate: 1, OrderUpdate: 2, Beacon: 3}
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    """What a recipient (or the mail system) did with a mail (topic ``engagement``, key = member id; SPEC §12).
+
+    ``open`` / ``click`` count for the sends of scenario ``rule``'s step ``step`` (0 = not a scenario step);
+    ``unsubscribe`` suppresses every marketing mail of the member from ``ts`` on; ``bounce`` (a permanent
+    delivery failure, from the delivery results on the same topic) suppresses them too.
+    """
+
+    member_id: str
+    event: EngagementEvent
+    ts: int
+    rule: str = ""
+    step: int = 0
+    suspected_bot: bool = False
+    key: str | None = None
+    """``Decision.key`` of the mail the event belongs to, when known."""
+
+
+Record = Beacon | MemberUpdate | CatalogUpdate | OrderUpdate | Engagement
+MemberRecord = Beacon | MemberUpdate | OrderUpdate | Engagement
+"""Records keyed by member id: the ones ``Engine.handle`` takes."""
+
+# SPEC §11/§12: records with equal ts are processed members, catalog, orders, engagement, beacons, then
+# input order.
+RECORD_ORDER: dict[type, int] = {MemberUpdate: 0, CatalogUpdate: 1, OrderUpdate: 2, Engagement: 3, Beacon: 4}

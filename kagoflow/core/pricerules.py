@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from kagoflow.core.coupons import CouponSpec, parse_coupon
 from kagoflow.core.errors import RuleError
+from kagoflow.core.memberfilters import MemberFilter, parse_member_filters
 from kagoflow.core.shoptime import next_local_time_after
+from kagoflow.core.variants import Measurement, parse_measurement
 
 PriceRuleKind = Literal["price_drop", "restock"]
 PRICE_RULE_KINDS: frozenset[str] = frozenset({"price_drop", "restock"})
@@ -25,7 +28,8 @@ WATCH_STATES: frozenset[str] = frozenset({"cart", "favorite", "view"})
 _ID = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 _HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)\Z")
 _TOP_KEYS = frozenset(
-    {"id", "kind", "watch", "when", "send", "template", "sender_name", "enabled", "products"}
+    {"id", "kind", "watch", "when", "send", "template", "sender_name", "enabled", "products", "filters",
+     "coupon", "split", "holdout"}
 )
 _REQUIRED = ("id", "kind", "watch", "when", "send", "template")
 _PRICE_KEYS = frozenset({"price_at_most", "drop_yen", "drop_percent"})
@@ -57,6 +61,11 @@ class PriceRule:
     include: frozenset[str] = frozenset()
     exclude: frozenset[str] = frozenset()
     file: str = ""
+    filters: tuple[MemberFilter, ...] = ()
+    """§13 member filters (checked before consent by ``kagoflow.core.measure``)."""
+    coupon: CouponSpec | None = None
+    measurement: Measurement | None = None
+    """Templates (A/B), split and holdout; None = just ``template``."""
 
     @property
     def immediately(self) -> bool:
@@ -97,13 +106,20 @@ class PriceRule:
         if self.exclude:
             products += f" except {','.join(sorted(self.exclude))};"
         state = "" if self.enabled else "; disabled"
+        extra = "".join(f" {f.describe()}" for f in self.filters)
+        extra = f"; filters:{extra}" if extra else ""
+        if self.measurement is not None and (self.measurement.is_ab or self.measurement.holdout):
+            extra += f"; {self.measurement.describe(with_single=False)}"
+        if self.coupon is not None:
+            extra += f"; {self.coupon.describe()}"
         return (
             f"{self.id}: {self.kind} on {watch},{products} when {when}, send {send}; "
-            f"template {self.template}{state}"
+            f"template {self.template}{extra}{state}"
         )
 
 
-def parse_price_rule(data: Mapping[str, Any], *, file: str, templates_dir: Path | None = None) -> PriceRule:
+def parse_price_rule(data: Mapping[str, Any], *, file: str, templates_dir: Path | None = None,
+                     rules_dir: Path | None = None) -> PriceRule:
     """Validate one rule file's mapping; raise ``RuleError(file, key, value, problem)`` at the first fault."""
     if not isinstance(data, Mapping):
         raise RuleError(file, "", data, "a rule file must be a mapping")
@@ -130,11 +146,16 @@ def parse_price_rule(data: Mapping[str, Any], *, file: str, templates_dir: Path 
     if not isinstance(enabled, bool):
         raise RuleError(file, "enabled", enabled, "must be true or false")
 
+    measurement = parse_measurement(data, file=file, templates_dir=templates_dir)
+    coupon = None if data.get("coupon") is None else parse_coupon(data["coupon"], file=file, rules_dir=rules_dir)
     return PriceRule(
         id=rule_id,
         kind=kind,
         watch=_parse_watch(data["watch"], file=file),
-        template=_parse_template(data["template"], file=file, templates_dir=templates_dir),
+        template=measurement.templates[0],
+        measurement=measurement,
+        filters=parse_member_filters(data.get("filters"), file=file),
+        coupon=coupon,
         send_at=_parse_send(data["send"], file=file),
         sender_name=sender_name,
         enabled=enabled,

@@ -18,14 +18,19 @@ import yaml
 
 from kagoflow.core.abandonrule import AbandonmentRule, parse_abandonment_rule
 from kagoflow.core.caps import CapLimits
+from kagoflow.core.coupons import CouponSpec, pool_path, read_pool
+from kagoflow.core.daterules import CustomerRule, parse_date_rule, parse_inactive_rule
 from kagoflow.core.errors import RuleError
+from kagoflow.core.memberfilters import SHOP_SEGMENT_KEYS, describe_segments, parse_segment_config
+from kagoflow.core.scenariorule import ScenarioRule, parse_scenario_rule
+from kagoflow.core.segments import SegmentConfig
 from kagoflow.core.shoptime import DEFAULT_TZ
 
 __all__ = ["AbandonmentRule", "PriceRuleLike", "RuleSet", "ShopConfig", "load_rules", "parse_shop"]
 
 SHOP_FILES = ("shop.yaml", "shop.yml")
-_SHOP_KEYS = ("timezone", "caps", "sender_name")
-_KINDS = ("abandonment", "price_drop", "restock")
+_SHOP_KEYS = ("timezone", "caps", "sender_name", *SHOP_SEGMENT_KEYS)
+_KINDS = ("abandonment", "price_drop", "restock", "scenario", "date", "inactive")
 
 
 class PriceRuleLike(Protocol):
@@ -48,6 +53,12 @@ class ShopConfig:
     caps: CapLimits = field(default_factory=CapLimits)
     sender_name: str | None = None
     """Default sender name of rules that set none (else the settings' ``mail_sender_name``)."""
+    segments: SegmentConfig = field(default_factory=SegmentConfig)
+    """CPM / RFM thresholds, cancelled order statuses, attribution days (SPEC §13/§14)."""
+
+    @property
+    def cancelled_statuses(self) -> frozenset[str]:
+        return self.segments.cancelled_statuses
 
     def describe(self) -> str:
         caps = ", ".join(
@@ -56,7 +67,7 @@ class ShopConfig:
         )
         return f"shop: timezone {self.timezone.key}; caps {caps or 'none'}" + (
             f"; sender {self.sender_name}" if self.sender_name else ""
-        )
+        ) + "; " + describe_segments(self.segments)
 
 
 @dataclass(frozen=True)
@@ -64,11 +75,27 @@ class RuleSet:
     shop: ShopConfig = field(default_factory=ShopConfig)
     abandonment: list[AbandonmentRule] = field(default_factory=list)
     price: list[PriceRuleLike] = field(default_factory=list)
-    by_id: dict[str, AbandonmentRule | PriceRuleLike] = field(default_factory=dict)
+    by_id: dict[str, Any] = field(default_factory=dict)
+    scenarios: list[ScenarioRule] = field(default_factory=list)
+    customer: list[CustomerRule] = field(default_factory=list)
+    """``date`` and ``inactive`` rules (SPEC §13)."""
+    coupon_pools: dict[str, list[str]] = field(default_factory=dict)
+    """Pool name → its codes in file order, for every pool a rule names (``coupons/<pool>.txt``)."""
+
+    def template_names(self) -> set[str]:
+        """Every template a rule names (each step's, both of an A/B pair)."""
+        names = {rule.template for rule in self.by_id.values()}
+        for scenario in self.scenarios:
+            names.update(name for step in scenario.steps for name in step.templates)
+        for rule in self.by_id.values():
+            measurement = getattr(rule, "measurement", None)
+            if measurement is not None:
+                names.update(measurement.templates)
+        return names
 
     def describe(self) -> list[str]:
-        """One human line per rule, in file-name order."""
-        return [rule.describe() for rule in self.by_id.values()]
+        """One human line per rule (a scenario: one more per step), in file-name order."""
+        return [line for rule in self.by_id.values() for line in rule.describe().split("\n")]
 
 
 class _RuleLoader(yaml.SafeLoader):
@@ -120,7 +147,9 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
             rule_files.append(path)
     abandonment: list[AbandonmentRule] = []
     price: list[PriceRuleLike] = []
-    by_id: dict[str, AbandonmentRule | PriceRuleLike] = {}
+    scenarios: list[ScenarioRule] = []
+    customer_rules: list[CustomerRule] = []
+    by_id: dict[str, Any] = {}
     files: dict[str, str] = {}
     for path in rule_files:
         file = str(path)
@@ -130,29 +159,47 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
         if not isinstance(data, Mapping):
             raise RuleError(file, "", data, "a rule file must be a mapping of keys")
         kind = data.get("kind")
-        rule: AbandonmentRule | PriceRuleLike
+        rule: Any
         if kind == "abandonment":
             rule = parse_abandonment_rule(data, file=file, templates_dir=templates_dir,
-                                          min_delay_seconds=min_delay_seconds)
+                                          min_delay_seconds=min_delay_seconds, rules_dir=dir)
             abandonment.append(rule)
         elif kind in ("price_drop", "restock"):
-            rule = _parse_price(data, file=file, templates_dir=templates_dir)
+            rule = _parse_price(data, file=file, templates_dir=templates_dir, rules_dir=dir)
             price.append(rule)
+        elif kind == "date":
+            rule = parse_date_rule(data, file=file, templates_dir=templates_dir, rules_dir=dir)
+            customer_rules.append(rule)
+        elif kind == "inactive":
+            rule = parse_inactive_rule(data, file=file, templates_dir=templates_dir, rules_dir=dir,
+                                       min_delay_seconds=min_delay_seconds)
+            customer_rules.append(rule)
+        elif kind == "scenario":
+            rule = parse_scenario_rule(data, file=file, templates_dir=templates_dir,
+                                       min_delay_seconds=min_delay_seconds, rules_dir=dir)
+            scenarios.append(rule)
         else:
             raise RuleError(file, "kind", kind, f"unknown kind (use {', '.join(_KINDS)})")
         if rule.id in by_id:
             raise RuleError(file, "id", rule.id, f"duplicate rule id (also in {files[rule.id]})")
         by_id[rule.id] = rule
         files[rule.id] = file
-    return RuleSet(shop=shop, abandonment=abandonment, price=price, by_id=by_id)
+    pools: dict[str, list[str]] = {}
+    for rule in by_id.values():
+        spec: CouponSpec | None = getattr(rule, "coupon", None)
+        if isinstance(spec, CouponSpec) and spec.form == "pool" and spec.value not in pools:
+            pools[spec.value] = read_pool(pool_path(dir, spec.value), file=rule.file)
+    return RuleSet(shop=shop, abandonment=abandonment, price=price, by_id=by_id, scenarios=scenarios,
+                   customer=customer_rules, coupon_pools=pools)
 
 
-def _parse_price(data: Mapping[str, Any], *, file: str, templates_dir: Path | None) -> PriceRuleLike:
+def _parse_price(data: Mapping[str, Any], *, file: str, templates_dir: Path | None,
+                 rules_dir: Path | None = None) -> PriceRuleLike:
     try:
         from kagoflow.core.pricerules import parse_price_rule
     except ImportError:  # pragma: no cover - only while the price module is being written
         raise RuleError(file, "kind", data.get("kind"), "price rules are not available yet") from None
-    rule: PriceRuleLike = parse_price_rule(data, file=file, templates_dir=templates_dir)
+    rule: PriceRuleLike = parse_price_rule(data, file=file, templates_dir=templates_dir, rules_dir=rules_dir)
     return rule
 
 
@@ -189,5 +236,5 @@ def parse_shop(data: object, *, file: str) -> ShopConfig:
     sender = data.get("sender_name")
     if sender is not None and (not isinstance(sender, str) or not sender.strip()):
         raise RuleError(file, "sender_name", sender, "must be a non-empty string")
-    return ShopConfig(timezone=tz, caps=caps, sender_name=sender)
+    return ShopConfig(timezone=tz, caps=caps, sender_name=sender, segments=parse_segment_config(data, file=file))
 

@@ -22,6 +22,7 @@ import orjson
 
 from kagoflow.adapters.smtp import SmtpError, SmtpPool
 from kagoflow.core.catalog import ProductInfo
+from kagoflow.core.coupons import CouponSpec
 from kagoflow.core.decisions import Decision
 from kagoflow.mail.context import MemberProfile, mail_context
 from kagoflow.mail.message import MessageError, compose
@@ -116,11 +117,20 @@ def load_mail_input(settings: Settings, *, rules_dir: Path, rule_id: str, member
         at_ms=now,
         episode=f"preview-{now}",
         template=rule.template,
-        coupon=getattr(rule, "coupon", None),
+        coupon=_preview_coupon(getattr(rule, "coupon", None)),
         sender_name=rule.sender_name or ruleset.shop.sender_name,
         cap_exempt=rule.kind != "abandonment",
     )
     return MailInput(decision=decision, profile=profile, products=products, has_profile=bool(raw_profile))
+
+
+def _preview_coupon(spec: object) -> str | None:
+    """What a preview shows for the rule's coupon: the fixed code, or a placeholder for pool/generated."""
+    if not isinstance(spec, CouponSpec):
+        return None
+    if spec.form == "fixed":
+        return spec.value
+    return f"{spec.value}PREVIEW" if spec.form == "generate" else f"({spec.value} pool)"
 
 
 def _warn(text: str) -> None:
@@ -146,7 +156,8 @@ def render_preview(settings: Settings, mail_input: MailInput) -> RenderedMail:
         sent_ms=now,
     )
     templates = MailTemplates(settings.templates_dir)
-    return templates.render(mail_input.decision.template, device=mail_input.profile.device, context=context)
+    return templates.render(mail_input.decision.template, device=mail_input.profile.device, context=context,
+                            locale=mail_input.profile.locale)
 
 
 def preview(settings: Settings, *, rules_dir: Path, rule_id: str, member_id: str, html_out: Path) -> int:

@@ -33,6 +33,9 @@ class MemberProfile:
     locale: str | None = None
     opt_in: bool = False
     purchase_count: int | None = None
+    order: Mapping[str, Any] | None = None
+    """Scenario mails: the run's order as the worker's member state knows it
+    (``kagoflow.core.scenario.order_snapshot``)."""
 
     @classmethod
     def from_json(cls, member_id: str, data: Mapping[str, Any]) -> MemberProfile:
@@ -44,6 +47,7 @@ class MemberProfile:
             locale=data.get("locale"),
             opt_in=bool(data.get("opt_in", False)),
             purchase_count=data.get("purchase_count"),
+            order=data.get("order") if isinstance(data.get("order"), Mapping) else None,
         )
 
 
@@ -76,8 +80,42 @@ class MailProduct:
     image_url: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class MailCoupon:
+    """``coupon.code`` and ``coupon.expires`` (shop-local ``YYYY-MM-DD`` or None); ``{{ coupon }}`` alone
+    shows the code, as templates written before expiries did."""
+
+    code: str
+    expires: str | None = None
+
+    def __str__(self) -> str:
+        return self.code
+
+
+@dataclass(frozen=True, slots=True)
+class MailOrder:
+    """The order a follow mail is about (scenario mails only; ``order`` is None in other mails)."""
+
+    order_id: str
+    ordered_on: str
+    """Shop-local date ``YYYY-MM-DD``; ``shipped_on`` / ``delivered_on`` are empty until known."""
+    shipped_on: str
+    delivered_on: str
+    total: float | None
+
+
+def mail_order(data: Mapping[str, Any] | None) -> MailOrder | None:
+    if not data:
+        return None
+    total = data.get("total")
+    return MailOrder(order_id=str(data.get("order_id", "")), ordered_on=str(data.get("ordered_on") or ""),
+                     shipped_on=str(data.get("shipped_on") or ""), delivered_on=str(data.get("delivered_on") or ""),
+                     total=float(total) if isinstance(total, int | float) else None)
+
+
 RECORD_FIELDS: dict[type, frozenset[str]] = {
-    cls: frozenset(f.name for f in fields(cls)) for cls in (MailMember, MailShop, MailProduct)
+    cls: frozenset(f.name for f in fields(cls)) for cls in (MailMember, MailShop, MailProduct, MailOrder,
+                                                            MailCoupon)
 }
 """Plain-data fields templates may read without the sandbox's per-access check."""
 
@@ -169,8 +207,9 @@ def mail_context(
         "shop": MailShop(
             name=decision.sender_name or settings.mail_sender_name, url=links.click(settings.shop_url)
         ),
-        "coupon": decision.coupon,
+        "coupon": MailCoupon(decision.coupon, decision.coupon_expires) if decision.coupon else None,
         "products": mail_products(decision, products, settings=settings, links=links),
+        "order": mail_order(profile.order),
         "kind": decision.kind,
         "rule_id": decision.rule_id,
         "device": profile.device or "pc",
@@ -210,8 +249,9 @@ def sample_contexts(device: str) -> list[dict[str, Any]]:
         {
             **common,
             "member": MailMember("m1", "山田 太郎", "山田 太郎 様"),
-            "coupon": "SAMPLE10",
+            "coupon": MailCoupon("SAMPLE10", "2026-12-31"),
             "products": full,
+            "order": MailOrder("A-1001", "2026-11-24", "2026-11-25", "2026-11-27", 5980.0),
         },
-        {**common, "member": MailMember("m2", "", "お客様"), "coupon": None, "products": sparse},
+        {**common, "member": MailMember("m2", "", "お客様"), "coupon": None, "products": sparse, "order": None},
     ]

@@ -178,7 +178,7 @@ def compose(
     """Render the decision's template for the member and build the message (``to_address`` overrides the
     member's address, for test sends)."""
     context = mail_context(decision, profile=profile, products=products, settings=settings, sent_ms=sent_ms)
-    rendered = templates.render(decision.template, device=profile.device, context=context)
+    rendered = templates.render(decision.template, device=profile.device, context=context, locale=profile.locale)
     if subject_prefix:
         rendered = RenderedMail(
             subject=subject_prefix + rendered.subject, text=rendered.text, html=rendered.html

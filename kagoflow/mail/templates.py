@@ -33,6 +33,15 @@ PART_FILES: dict[str, tuple[str, str]] = {
     "html": ("html", "j2"),
 }
 DEVICES = ("pc", "smartphone", "mobile")
+_LANG = re.compile(r"^[a-z]{2,3}$")
+
+
+def locale_language(locale: str | None) -> str:
+    """``ja-JP`` / ``en_US`` → ``ja`` / ``en``; '' when unknown."""
+    if not locale:
+        return ""
+    lang = locale.replace("_", "-").split("-", 1)[0].lower()
+    return lang if _LANG.match(lang) else ""
 
 
 class TemplateError(RuleError):
@@ -115,29 +124,50 @@ class MailTemplates:
     def exists(self, name: str) -> bool:
         return bool(TEMPLATE_NAME.match(name)) and (self.templates_dir / name).is_dir()
 
-    def part_file(self, name: str, part: str, device: str | None) -> str:
-        """Loader name of the file rendering ``part`` of template ``name`` for ``device``."""
-        cache_key = (name, part, device or "")
+    def part_file(self, name: str, part: str, device: str | None, lang: str = "") -> str:
+        """Loader name of the file rendering ``part`` of template ``name`` for ``device`` and language
+        ``lang`` (SPEC §13 locale variants): ``html.en.mobile.j2``, ``html.en.j2``, ``html.mobile.j2``,
+        ``html.j2`` — the first that exists."""
+        cache_key = (name, part, f"{device or ''}|{lang}")
         found = self._files.get(cache_key)
         if found is None:
             if not self.exists(name):
                 raise TemplateError(name, None, "no such template directory")
             stem, ext = PART_FILES[part]
             found = f"{name}/{stem}.{ext}"
-            if device and (self.templates_dir / name / f"{stem}.{device}.{ext}").is_file():
-                found = f"{name}/{stem}.{device}.{ext}"
-            elif not (self.templates_dir / found).is_file():
-                raise TemplateError(found, None, "missing template file")
+            candidates = [f"{stem}.{lang}.{device}.{ext}", f"{stem}.{lang}.{ext}"] if lang and device else (
+                [f"{stem}.{lang}.{ext}"] if lang else [])
+            if device:
+                candidates.append(f"{stem}.{device}.{ext}")
+            for candidate in candidates:
+                if (self.templates_dir / name / candidate).is_file():
+                    found = f"{name}/{candidate}"
+                    break
+            else:
+                if not (self.templates_dir / found).is_file():
+                    raise TemplateError(found, None, "missing template file")
             self._files[cache_key] = found
         return found
 
-    def render(self, name: str, *, device: str | None, context: Mapping[str, Any]) -> RenderedMail:
-        subject = self._render(self.part_file(name, "subject", device), context)
+    def render(self, name: str, *, device: str | None, context: Mapping[str, Any],
+               locale: str | None = None) -> RenderedMail:
+        lang = locale_language(locale)
+        subject = self._render(self.part_file(name, "subject", device, lang), context)
         return RenderedMail(
             subject=" ".join(subject.split()),
-            text=self._render(self.part_file(name, "text", device), context),
-            html=self._render(self.part_file(name, "html", device), context),
+            text=self._render(self.part_file(name, "text", device, lang), context),
+            html=self._render(self.part_file(name, "html", device, lang), context),
         )
+
+    def languages(self, name: str) -> set[str]:
+        """The locale variants a template directory has (``html.en.j2`` → ``en``)."""
+        out = set()
+        for path in (self.templates_dir / name).iterdir():
+            parts = path.name.split(".")
+            if len(parts) >= 3 and parts[0] in ("subject", "text", "html") and _LANG.match(parts[1]) \
+                    and parts[1] not in DEVICES:
+                out.add(parts[1])
+        return out
 
     def _render(self, file: str, context: Mapping[str, Any]) -> str:
         try:
@@ -168,11 +198,12 @@ class MailTemplates:
         for name in sorted(set(names)):
             if not self.exists(name):
                 raise TemplateError(name, None, "no such template directory")
-            for device in (None, *DEVICES):
-                for part in PART_FILES:
-                    file = self.part_file(name, part, device)
-                    for context in sample_contexts(device or "pc"):
-                        self._render(file, context)
+            for lang in ("", *sorted(self.languages(name))):
+                for device in (None, *DEVICES):
+                    for part in PART_FILES:
+                        file = self.part_file(name, part, device, lang)
+                        for context in sample_contexts(device or "pc"):
+                            self._render(file, context)
 
 
 def _line_in(exc: BaseException, templates_dir: Path) -> tuple[str | None, int | None]:

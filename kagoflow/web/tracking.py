@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
+from kagoflow.core.scenario import step_of_key
 from kagoflow.mail.engagement import EngagementSink, engagement_event
 from kagoflow.mail.tokens import InvalidToken, TokenKind, TrackingToken, verify
 from kagoflow.settings import Settings
@@ -95,7 +96,8 @@ async def _emit(request: web.Request, type: Any, token: TrackingToken, **extra: 
     """Record the event; a sink outage is logged, never shown to the person who opened or clicked."""
     sink = cast(EngagementSink, request.app[SINK_KEY])
     event = engagement_event(
-        type, key=token.key, member_id=token.member_id, rule=token.rule_id, at_ms=_now_ms(), **extra
+        type, key=token.key, member_id=token.member_id, rule=token.rule_id, at_ms=_now_ms(),
+        step=step_of_key(token.key, token.member_id, token.rule_id), **extra,  # SPEC §12: opens move runs on
     )
     try:
         await sink.emit(event)

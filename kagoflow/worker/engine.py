@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from kagoflow.adapters.catalog_follower import CatalogFollower
+from kagoflow.adapters.coupon_pool import RedisCouponPool
 from kagoflow.adapters.kafka_outbox import KafkaOutbox
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.loading import load_ruleset
@@ -40,8 +41,10 @@ log = logging.getLogger("kagoflow.engine")
 
 
 def member_topics(names: Topics) -> list[str]:
-    """The topics the member agent reads, in the order both processes index them."""
-    return [names.beacons, names.members, names.orders, names.ticks, names.catalog_events]
+    """The topics the member agent reads, in the order both processes index them (new topics go last).
+    ``engagement`` is co-partitioned with the member topics (key = member id): unsubscribes, bounces, opens
+    and clicks reach the member's state (SPEC §12)."""
+    return [names.beacons, names.members, names.orders, names.ticks, names.catalog_events, names.engagement]
 
 
 def metrics_document(processor: MemberProcessor, archiver: Any) -> dict[str, Any]:
@@ -169,7 +172,10 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
     catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone, topic=names.catalog)
     outbox = KafkaOutbox(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.app_id}-engine")
     store = RedisStore.from_url(settings.redis_url, prefix=f"{settings.app_id}:")
-    processor = make_processor(settings, ruleset, table=table, catalog=catalog, caps=store.caps, outbox=outbox)
+    coupons = RedisCouponPool(store.client, prefix=f"{settings.app_id}:")
+    await coupons.load_all(ruleset.coupon_pools)  # idempotent; every worker may do it
+    processor = make_processor(settings, ruleset, table=table, catalog=catalog, caps=store.caps, outbox=outbox,
+                               addresses=store, coupons=coupons)
     await outbox.start()
     await catalog.start()
     archiver = None

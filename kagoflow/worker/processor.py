@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -24,17 +24,22 @@ from kagoflow.core import pricewatch
 from kagoflow.core.behaviour import MemberState
 from kagoflow.core.caps import CapStore, apply_caps
 from kagoflow.core.catalog import CatalogLookup, PriceTrigger
+from kagoflow.core.couponing import CouponStep, IssuedCoupon
+from kagoflow.core.coupons import CouponPool
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
-from kagoflow.core.events import Beacon, MemberUpdate, OrderUpdate
+from kagoflow.core.events import Beacon, Engagement, MemberRecord, MemberUpdate
 from kagoflow.core.rules import RuleSet
+from kagoflow.core.scenario import order_snapshot
+from kagoflow.core.suppression import AddressBook, address_reason, apply_address_suppression
 from kagoflow.core.watchindex import WatchIndex
 from kagoflow.settings import Settings
 from kagoflow.streams import contract, deadletter
 from kagoflow.streams.topics import Topics
 from kagoflow.worker import buckets
 from kagoflow.worker.book import PartitionBook, StateCache
+from kagoflow.worker.datescan import DateScan
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,8 @@ class Metrics:
     buckets_written: int = 0
     fire_lag_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
     """The latest fire lags (decision time minus due time), for ``/metrics``."""
+    coupons_issued: int = 0
+    coupon_pool_empty: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +120,8 @@ class Metrics:
             "states_written": self.states_written,
             "buckets_written": self.buckets_written,
             "fire_lag_ms": _lag_summary(self.fire_lag_ms),
+            "coupons_issued": self.coupons_issued,
+            "coupon_pool_empty": self.coupon_pool_empty,
         }
 
 
@@ -143,8 +152,15 @@ class MemberProcessor:
         profile_of: Callable[[MemberState], dict[str, Any] | None],
         scan: Callable[[set[int]], Iterable[MemberState]],
         names: Topics,
+        addresses: AddressBook | None = None,
+        coupons: CouponPool | None = None,
+        coupon_secret: str = "",
     ) -> None:
         self.engine = engine
+        self.addresses = addresses
+        """Cross-member suppression by e-mail address (``kagoflow.core.suppression``); None = off."""
+        self._to_list: list[tuple[str, str]] = []
+        """(email, reason) of unsubscribed / bounced members not yet written to ``addresses``."""
         self.ruleset = ruleset
         self.table = table
         self.catalog = catalog
@@ -168,6 +184,9 @@ class MemberProcessor:
         self.indexes: dict[int, WatchIndex] = {}
         self.unindexed: set[int] = set()
         self.metrics = Metrics()
+        self.dates = DateScan(engine)
+        self.coupon_step = CouponStep(ruleset.by_id.values(), pool=coupons, secret=coupon_secret,
+                                      tz=ruleset.shop.timezone, on_empty=engine.coupon_pool_empty)
 
     # -- table access ----------------------------------------------------------------------------
     def _load_bucket(self, partition: int, bucket: int) -> bytes | None:
@@ -204,6 +223,8 @@ class MemberProcessor:
         """Handle one record; never raises on data (bad records go to ``<topic>.dlq``)."""
         book = self.books.get(partition) or self.book(partition)
         self._partition = partition
+        if self.dates.active:
+            self.dates.set_now(self.clock())
         if self.unindexed:
             self.rebuild()
         book.pending_acks.append(event)
@@ -227,8 +248,12 @@ class MemberProcessor:
             log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
             await self._dead_letter(book, topic, partition, offset, key, value,
                                     f"internal: {type(exc).__name__}: {exc}")
+        if self.dates.active:  # once per shop-local day: the partition's members with a date due soon
+            self.dates.schedule_due(partition, now, self.cache.get, book.schedule, self.engine.next_due)
         if book.due and book.due[0][0] <= now:
             decisions += self._fire_due(partition, now)
+        if self._to_list:
+            await self._list_addresses(now)
         if decisions:
             await self._emit(book, decisions)
         if book.flushing is not None or book.flush_due(now, self.flush_interval_ms):
@@ -238,13 +263,17 @@ class MemberProcessor:
     def _on_member_record(
         self, kind: str, key: bytes | None, value: bytes | None, timestamp_ms: int, partition: int, offset: int
     ) -> list[Decision]:
-        record: Beacon | MemberUpdate | OrderUpdate
+        record: MemberRecord | None
         if kind == "beacons":
             record = contract.parse_beacon(value)
         elif kind == "members":
             record = contract.parse_member(value, default_ts=timestamp_ms)
         elif kind == "orders":
             record = contract.parse_order(value, default_ts=timestamp_ms)
+        elif kind == "engagement":
+            record = contract.parse_engagement(value)
+            if record is None:  # a delivery result that changes nothing in the member's state
+                return []
         else:
             raise ContractError(f"topic: not a member topic {kind!r}")
         if key != record.member_id.encode():  # the key chose the partition whose state holds the member
@@ -259,6 +288,11 @@ class MemberProcessor:
         state.touched = ()
         decisions = self.engine.handle(state, record, catalog=self.catalog)
         self._after_change(partition, state, state.touched)
+        record_type = type(record)
+        if (record_type is Engagement or record_type is MemberUpdate) and self.addresses is not None:
+            reason = address_reason(state)
+            if reason is not None:
+                self._to_list.append((cast(str, state.email), reason))
         return decisions
 
     async def _on_trigger(self, book: PartitionBook[MemberState, Ackable], value: bytes | None, now: int) -> None:
@@ -277,16 +311,16 @@ class MemberProcessor:
         partition = book.partition
         index = self.indexes.setdefault(partition, WatchIndex())
         if trigger.send_at_ms > trigger.change_ms:
-            for state in pricewatch.fanout(trigger, rule, index, self.cache.get):  # type: ignore[arg-type]
+            for state in pricewatch.fanout(trigger, rule, index, self.cache.get):
                 self._after_change(partition, state, ())
             return
         chunk: list[Decision] = []
         for state, decision in pricewatch.decide_now(
-            trigger, rule, index, self.cache.get, catalog=self.catalog, now_ms=now  # type: ignore[arg-type]
+            trigger, rule, index, self.cache.get, catalog=self.catalog, now_ms=now
         ):
             book.dirty.add(state.member_id)  # the fired mark of the day must be stored
             self.cache.pin(state.member_id)
-            chunk.append(decision)
+            chunk.extend(self.engine.finish(state, [decision]))
             if len(chunk) >= EMIT_CHUNK:
                 await self._emit(book, chunk)
                 chunk = []
@@ -299,6 +333,8 @@ class MemberProcessor:
         book.dirty.add(state.member_id)
         self.cache.pin(state.member_id)
         book.schedule(self.engine.next_due(state), state.member_id)
+        if self.dates.active:
+            self.dates.index(partition, state)
         if touched and self.engine.price_rules:  # the index only serves price and stock mails
             index = self.indexes.get(partition)
             if index is None:
@@ -329,6 +365,9 @@ class MemberProcessor:
         while True:
             try:
                 final = await apply_caps(decisions, self.caps, limits=shop.caps, tz=shop.timezone)
+                if self.addresses is not None:
+                    final = await apply_address_suppression(final, self.addresses, self._email_of)
+                final, issued = await self.coupon_step.apply(final, self.cache.peek)
                 break
             except Exception as exc:  # Redis away: the mail waits; it is never sent uncapped
                 log.warning("cap store unavailable (%s); %d decisions wait %.1fs", exc, len(decisions), delay)
@@ -342,10 +381,47 @@ class MemberProcessor:
             payload = decision.to_json()
             if decision.status == "sent":
                 state = self.cache.peek(decision.member_id)
-                payload["profile"] = self.profile_of(state) if state is not None else None
+                profile = self.profile_of(state) if state is not None else None
+                if profile is not None and state is not None and decision.order_id is not None:
+                    profile["order"] = order_snapshot(state, decision.order_id, shop.timezone)
+                payload["profile"] = profile
             records.append((decision.member_id.encode(), dumps(payload)))
         # mail_decisions is co-partitioned with the member topics: a member's decisions go to its partition
         book.in_flight += await self.outbox.send_many(self.names.mail_decisions, records, partition=book.partition)
+        if issued or self.coupon_step.pool_empty != self.metrics.coupon_pool_empty:
+            await self._coupons_issued(book, final, issued)
+
+    async def _coupons_issued(self, book: PartitionBook[MemberState, Ackable], final: list[Decision],
+                              issued: list[IssuedCoupon]) -> None:
+        """Store what the coupon step changed in member states (issued codes, reopened episodes) and produce
+        the issued codes to ``coupons_issued`` (key = code) for the shop's cart system."""
+        self.metrics.coupon_pool_empty = self.coupon_step.pool_empty
+        self.metrics.coupons_issued += len(issued)
+        for decision in final:
+            if decision.coupon is not None or decision.reason == "coupon_pool_empty":  # incl. an ended run
+                state = self.cache.peek(decision.member_id)
+                if state is not None:
+                    book.dirty.add(state.member_id)
+                    self.cache.pin(state.member_id)
+                    book.schedule(self.engine.next_due(state), state.member_id)
+        if issued:
+            records = [(coupon.code.encode(), coupon.to_bytes()) for coupon in issued]
+            book.in_flight += await self.outbox.send_many(self.names.coupons_issued, records)
+
+    def _email_of(self, member_id: str) -> str | None:
+        state = self.cache.peek(member_id)
+        return None if state is None else state.email
+
+    async def _list_addresses(self, now: int) -> None:
+        """Write the addresses of members whose unsubscribe / bounce reached their state; on a Redis outage
+        keep them for the next event (their states stay the durable record; ``rebuild`` re-lists them)."""
+        assert self.addresses is not None
+        entries, self._to_list = self._to_list, []
+        try:
+            await self.addresses.list_addresses(entries, now_ms=now)
+        except Exception as exc:
+            log.warning("address suppression list unavailable (%s); %d addresses wait", exc, len(entries))
+            self._to_list = entries[-100_000:] + self._to_list
 
     async def _dead_letter(
         self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int,
@@ -413,12 +489,17 @@ class MemberProcessor:
         for partition in partitions:
             self.book(partition).clear_due()
             self.indexes[partition] = WatchIndex()
+            self.dates.reset(partition)
         for state in self.scan(partitions):
             owner = state.partition
             if owner is None or owner not in partitions:
                 continue
             count += 1
             self.books[owner].schedule(self.engine.next_due(state), state.member_id)
+            if self.dates.active:
+                self.dates.index(owner, state)
+            if self.addresses is not None and (reason := address_reason(state)) is not None:
+                self._to_list.append((cast(str, state.email), reason))
             if not self.engine.price_rules:
                 continue
             index = self.indexes[owner]
@@ -433,6 +514,7 @@ class MemberProcessor:
             self.books.pop(partition, None)
             self.indexes.pop(partition, None)
             self.unindexed.discard(partition)
+        self.dates.drop(partitions)
         self.cache.drop_where(lambda state: state.partition in partitions)
         self.buckets.drop_partitions(partitions)
 
@@ -442,7 +524,8 @@ class ScannableTable(StateTable, Protocol):
 
 
 def make_processor(settings: Settings, ruleset: RuleSet, *, table: ScannableTable, catalog: CatalogLookup,
-                   caps: CapStore, outbox: Outbox) -> MemberProcessor:
+                   caps: CapStore, outbox: Outbox, addresses: AddressBook | None = None,
+                   coupons: CouponPool | None = None) -> MemberProcessor:
     """The member processor as the worker (or its engine process) runs it, reading ``table``'s buckets."""
 
     def scan(partitions: set[int]) -> Iterator[MemberState]:
@@ -465,4 +548,7 @@ def make_processor(settings: Settings, ruleset: RuleSet, *, table: ScannableTabl
         bucket_cache_bytes=settings.state_cache_mb * 1024 * 1024,
         profile_of=profile_snapshot,
         scan=scan,
+        addresses=addresses,
+        coupons=coupons,
+        coupon_secret=settings.tracking_secret,
     )

@@ -18,9 +18,10 @@ from kagoflow.adapters.clickhouse import (
 from kagoflow.archive.rows import COLUMNS
 from kagoflow.settings import Settings
 
-TABLES = {"beacons", "members", "catalog", "orders", "mail_decisions", "engagement"}
+TABLES = {"beacons", "members", "catalog", "orders", "mail_decisions", "engagement", "coupons_issued"}
 VIEWS = {"v_beacons", "v_members", "v_catalog", "v_orders", "v_mail_decisions", "v_engagement", "v_purchases",
-         "v_mail_engagement", "v_mail_conversions", "v_mail_report", "v_daily_send_list"}
+         "v_mail_engagement", "v_mail_conversions", "v_mail_report", "v_daily_send_list",
+         "v_coupons_issued", "v_coupon_redemptions", "v_coupon_report"}
 
 
 def test_schema_statements_split_strip_comments_and_rename_database() -> None:

@@ -32,7 +32,8 @@ def decision(key: str, status: str, at_ms: int, *, step: int = 0, variant: str =
     return _row("mail_decisions", decision_key=key, member_id=member_id, rule_id=rule_id,
                 kind="abandonment", status=status, reason=reason, products=["sku-1"], at_ms=at_ms,
                 due_ms=at_ms, episode=episode, template=rule_id, coupon="", sender_name="", cap_exempt=0,
-                step=step, variant=variant, kafka_offset=offset if offset is not None else next(_offsets))
+                step=step, variant=variant, send=1 if step else 0, order_id="",
+                kafka_offset=offset if offset is not None else next(_offsets))
 
 
 def engagement(key: str, event: str, at_ms: int, *, bot: bool = False) -> tuple[Any, ...]:

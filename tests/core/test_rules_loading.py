@@ -43,7 +43,9 @@ def test_example_rules_directory_loads() -> None:
     ids = {r.id for r in rules.abandonment}
     assert {"cart-1h", "cart-72h", "cart-166h"} <= ids
     assert all(r.after_ms is None or r.after_ms <= 12 * 3600_000 for r in rules.abandonment)
-    assert len(rules.describe()) == len(rules.by_id)
+    assert {"follow", "salt-sample"} <= {r.id for r in rules.scenarios}
+    # one line per rule, and one more per scenario step
+    assert len(rules.describe()) == len(rules.by_id) + sum(len(s.steps) for s in rules.scenarios)
 
 
 def test_defaults_without_shop_file_and_optional_keys(tmp_path: Path) -> None:
