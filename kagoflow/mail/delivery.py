@@ -3,11 +3,13 @@
 For each ``sent`` decision:
 1. render and build the message (a template or address problem fails here, before anything is recorded);
 2. one Redis call: a ledger entry for the decision's key wins (``duplicate`` when it was sent or failed,
-   ``uncertain`` when it was reserved but never confirmed — a crash or a connection lost mid-DATA: counted
-   and reported, never resent), else a suppressed member or address gives ``suppressed``, else the key is
-   reserved for this send;
-3. SMTP with exponential backoff on 4xx and lost connections, for at most ``retry_seconds``; a 5xx puts the
-   member and address on the suppression list (``failed``);
+   ``uncertain`` when it was ``transmitting`` but never confirmed — a crash or a connection lost between
+   writing the end of DATA and reading its reply: counted and reported, never resent; a ``reserved`` entry
+   is a crash before that moment — nothing can have been delivered — and is taken over and sent), else a
+   suppressed member or address gives ``suppressed``, else the key is reserved for this send;
+3. SMTP with exponential backoff on 4xx and lost connections, for at most ``retry_seconds``; just before the
+   end of DATA is written the entry becomes ``transmitting`` (back to ``reserved`` after a 4xx); a 5xx puts
+   the member and address on the suppression list (``failed``);
 4. the ledger entry is confirmed, and a ``delivery`` engagement event goes to the sink.
 """
 
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
+from kagoflow.adapters.redis_store import LostReservation, RedisStore, StoreUnavailable
 from kagoflow.adapters.smtp import SmtpPermanentError, SmtpPool, SmtpTemporaryError, SmtpUncertainError
 from kagoflow.core.catalog import ProductInfo
 from kagoflow.core.decisions import Decision
@@ -148,24 +150,41 @@ class Deliverer:
             return DeliveryResult("suppressed", reservation.suppressed)
         if reservation.existing is not None:
             entry = reservation.existing
-            if entry.state == "reserved":
+            if entry.state == "transmitting":
                 await self.store.note_uncertain(decision.key)
-                return DeliveryResult("uncertain", f"reserved at {entry.at_ms}, never confirmed; not resent")
+                detail = f"end of DATA written at {entry.at_ms}, never confirmed; not resent"
+                return DeliveryResult("uncertain", detail)
             return DeliveryResult("duplicate", f"already {entry.state} at {entry.at_ms}")
-        return await self._send_reserved(decision, mail)
+        if reservation.resumed is not None:
+            self.metrics["resumed"] += 1
+            log.info("resending %s: reserved at %d, never transmitted", decision.key, reservation.resumed.at_ms)
+        return await self._send_reserved(decision, mail, reservation.token)
 
-    async def _send_reserved(self, decision: Decision, mail: OutgoingMail) -> DeliveryResult:
+    async def _send_reserved(self, decision: Decision, mail: OutgoingMail, token: str) -> DeliveryResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_seconds
         delay = self.retry_base_delay
         attempts = 0
+        marked = False
+
+        async def before_end() -> None:
+            nonlocal marked
+            await self.store.mark_transmitting(decision.key, token=token, now_ms=self.clock())
+            marked = True
+
         while True:
             attempts += 1
             await self.bucket.acquire()
             try:
                 reply = await self.pool.send(
-                    sender=mail.sender, recipient=mail.recipient, data=mail.data, smtputf8=mail.smtputf8
+                    sender=mail.sender,
+                    recipient=mail.recipient,
+                    data=mail.data,
+                    smtputf8=mail.smtputf8,
+                    before_end=before_end,
                 )
+            except LostReservation as exc:
+                return DeliveryResult("duplicate", str(exc), mail.message_id, attempts)
             except SmtpPermanentError as exc:
                 detail = f"bounce: {exc}"
                 if exc.code not in NOT_A_BOUNCE:
@@ -180,6 +199,9 @@ class Deliverer:
                 await self.store.note_uncertain(decision.key)
                 return DeliveryResult("uncertain", str(exc), mail.message_id, attempts)
             except SmtpTemporaryError as exc:
+                if marked:  # refused (4xx) or lost before the end of DATA: certainly not delivered
+                    await self.store.mark_transmitting(decision.key, token=token, now_ms=self.clock(), undo=True)
+                    marked = False
                 wait = delay * random.uniform(0.5, 1.0)
                 if loop.time() + wait > deadline:
                     await self.store.release(decision.key)
