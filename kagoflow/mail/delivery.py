@@ -16,11 +16,13 @@ For each ``sent`` decision:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,6 +83,8 @@ class Deliverer:
         self.retry_max_delay = retry_max_delay
         self.concurrency = concurrency or max(8, 4 * self.pool.size)
         self.bucket = TokenBucket(settings.smtp_rate_per_second)
+        self._render_thread = ThreadPoolExecutor(1, thread_name_prefix="kagoflow-render")
+        """Renders run here, one at a time (the templates' compiled cache is this thread's alone)."""
         self._in_flight: set[str] = set()
         self.metrics: Counter[str] = Counter()
         """delivered / duplicate / suppressed / failed / uncertain per result, plus retried (SMTP attempts
@@ -91,6 +95,7 @@ class Deliverer:
 
     async def close(self) -> None:
         await self.pool.close()
+        self._render_thread.shutdown(wait=False)
 
     async def deliver(
         self, decision: Decision, *, profile: MemberProfile, products: Sequence[ProductInfo]
@@ -132,15 +137,18 @@ class Deliverer:
         if not profile.opt_in:
             return DeliveryResult("suppressed", "no_consent")
         now = self.clock()
+        build = functools.partial(
+            compose,
+            decision,
+            profile=profile,
+            products=products,
+            settings=self.settings,
+            templates=self.templates,
+            sent_ms=now,
+        )
         try:
-            mail = compose(
-                decision,
-                profile=profile,
-                products=products,
-                settings=self.settings,
-                templates=self.templates,
-                sent_ms=now,
-            )
+            # Off the event loop: a template running to its render budget must not stall the worker.
+            mail = await asyncio.get_running_loop().run_in_executor(self._render_thread, build)
         except (TemplateError, MessageError) as exc:
             return DeliveryResult("failed", f"build: {exc}")
         reservation = await self.store.reserve(
