@@ -70,6 +70,12 @@ class Settings:
     """How long one mail keeps being retried after temporary (4xx / connection) failures before giving up."""
     mail_unsubscribe_mailto: str = ""
     """Optional address added to ``List-Unsubscribe`` as a ``mailto:`` alternative; empty = none."""
+    dkim_selector: str = ""
+    """DKIM selector (``<selector>._domainkey.<domain>`` holds the public key); empty = mails are not signed."""
+    dkim_domain: str = ""
+    """Signing domain (``d=``); empty = the domain of ``mail_from_address`` (aligned for DMARC)."""
+    dkim_private_key_file: str = ""
+    """PEM file of the DKIM private key (RSA, 2048 bits); needed with a selector."""
     # -- Rules, templates, tracking --------------------------------------------------------------
     rules_dir: Path = PROJECT_ROOT / "rules"
     templates_dir: Path = PROJECT_ROOT / "templates"
@@ -107,6 +113,9 @@ class Settings:
     min_delay_seconds: int = 15 * 60
     """Floor of abandonment delays; lower it only for demos (``KAGOFLOW_MIN_DELAY_SECONDS``)."""
     log_level: str = "info"
+    local_mode: bool = False
+    """Development / tests on the local stack: relaxes what a real deployment must have (e.g. an http
+    ``public_base_url`` for the unsubscribe link)."""
 
     def __post_init__(self) -> None:
         for name in ("partitions", "state_buckets", "state_cache_mb"):

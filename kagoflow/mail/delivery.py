@@ -31,6 +31,7 @@ from kagoflow.adapters.smtp import SmtpPermanentError, SmtpPool, SmtpTemporaryEr
 from kagoflow.core.catalog import ProductInfo
 from kagoflow.core.decisions import Decision
 from kagoflow.mail.context import MemberProfile
+from kagoflow.mail.dkimsign import signer_for
 from kagoflow.mail.engagement import EngagementSink, engagement_event
 from kagoflow.mail.message import MessageError, OutgoingMail, compose
 from kagoflow.mail.ratelimit import TokenBucket
@@ -53,6 +54,19 @@ class DeliveryResult:
     attempts: int = 0
 
 
+def check_mail_settings(settings: Settings) -> None:
+    """Refuse to start on settings that would send mails receivers reject or that break RFC 8058: an http
+    unsubscribe URL outside local mode, incomplete DKIM settings (``DkimError``)."""
+    if not settings.local_mode and not settings.public_base_url.startswith("https://"):
+        raise ValueError(
+            f"KAGOFLOW_PUBLIC_BASE_URL={settings.public_base_url!r}: the unsubscribe link must be https "
+            "(RFC 8058; http only with KAGOFLOW_LOCAL_MODE=1)"
+        )
+    if signer_for(settings) is None and not settings.local_mode:
+        log.warning("mails are not DKIM-signed (KAGOFLOW_DKIM_SELECTOR unset): Gmail and Yahoo reject bulk mail "
+                    "without DKIM")
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -72,6 +86,7 @@ class Deliverer:
         retry_max_delay: float = 30.0,
         concurrency: int | None = None,
     ) -> None:
+        check_mail_settings(settings)
         self.settings = settings
         self.store = store
         self.sink = sink

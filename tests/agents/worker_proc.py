@@ -62,6 +62,7 @@ class WorkerProcess:
             "KAGOFLOW_RULES_DIR": str(rules_dir),
             "KAGOFLOW_MIN_DELAY_SECONDS": "1",
             "KAGOFLOW_STATE_FLUSH_SECONDS": str(settings.state_flush_seconds),
+            "KAGOFLOW_LOCAL_MODE": "1",  # http tracking links on 127.0.0.1
         })
         env.update({f"KAGOFLOW_{k.upper()}": str(v) for k, v in overrides.items()})
         return cls(settings=settings, workdir=tmp, log_path=tmp / "worker.log", env=env)
