@@ -8,6 +8,7 @@ because Redis was away.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -253,6 +254,9 @@ class RedisStore:
         self._suppressed_members = f"{prefix}suppressed:member"
         self._suppressed_emails = f"{prefix}suppressed:email"
         self._uncertain = f"{prefix}ledger:uncertain"
+        self._owner = secrets.token_hex(6)
+        self._attempts = itertools.count()
+        """Owner tokens of reservations: this store's random id and a counter (unique without a syscall)."""
         # Reservations and confirmations of one event-loop turn: one pipeline, one script call for each kind.
         self._ledger: _Coalescer[tuple[str, ...], Any] = _Coalescer(self._ledger_flush)
 
@@ -277,7 +281,7 @@ class RedisStore:
 
         Reservations asked for in the same event-loop turn go to Redis as one script call, in one write with
         the turn's confirmations (each reservation is still atomic, and answered on its own)."""
-        token = secrets.token_hex(8)
+        token = f"{self._owner}{next(self._attempts):x}"
         item = (
             "reserve",
             self._ledger_key(key),

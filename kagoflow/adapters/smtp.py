@@ -29,7 +29,6 @@ from typing import cast
 import aiosmtplib
 
 from kagoflow.adapters.smtp_wire import (
-    END_OF_DATA,
     Reply,
     ReplyReader,
     SmtpConnection,
@@ -194,10 +193,11 @@ class SmtpPool:
     ) -> str:
         """Send one message; returns the server's final reply. Raises the errors of the module doc.
 
-        ``before_end`` is awaited once the server accepted DATA (354) and the content but its final ``.``
-        is written: the last moment at which the mail is certainly not delivered (a sender records it to
-        tell a crash before from a crash after). If it raises, the connection is dropped — the server
-        then discards the unfinished content — and its exception propagates.
+        ``before_end`` is awaited once the server accepted DATA (354), just before the content and its final
+        ``.`` are written (in one write, as without it): the last moment at which the mail is certainly not
+        delivered (a sender records it to tell a crash before from a crash after). If it raises, the
+        connection is dropped — the server discards a transaction without its end of DATA — and its
+        exception propagates.
 
         The send owns its connection from the envelope until the content is written. On a pipelining
         connection it then hands the connection to the next waiting send — whose envelope goes out in the
@@ -226,12 +226,9 @@ class SmtpPool:
                 try:
                     await connection.envelope(commands, written)
                     written = None
-                    end = content
                     if before_end is not None:
-                        connection.send_body(content[: -len(END_OF_DATA)])
-                        end = END_OF_DATA
                         await before_end()
-                    final = self._send_content(connection, end)
+                    final = self._send_content(connection, content)
                     owner = not connection.pipelining
                     return await connection.finish(final)
                 except StaleConnection as exc:

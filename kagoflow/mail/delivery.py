@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-from kagoflow.adapters.redis_store import LostReservation, RedisStore, StoreUnavailable
+from kagoflow.adapters.redis_store import LostReservation, RedisStore, StoreUnavailable, _Coalescer
 from kagoflow.adapters.smtp import SmtpPermanentError, SmtpPool, SmtpTemporaryError, SmtpUncertainError
 from kagoflow.core.catalog import ProductInfo
 from kagoflow.core.decisions import Decision
@@ -100,6 +100,8 @@ class Deliverer:
         self.bucket = TokenBucket(settings.smtp_rate_per_second)
         self._render_thread = ThreadPoolExecutor(1, thread_name_prefix="kagoflow-render")
         """Renders run here, one at a time (the templates' compiled cache is this thread's alone)."""
+        self._render: _Coalescer[Callable[[], OutgoingMail], OutgoingMail] = _Coalescer(self._render_batch)
+        """Mails composed in the same event-loop turn go to the thread together (one hand-over, not one each)."""
         self._in_flight: set[str] = set()
         self.metrics: Counter[str] = Counter()
         """delivered / duplicate / suppressed / failed / uncertain per result, plus retried (SMTP attempts
@@ -163,7 +165,7 @@ class Deliverer:
         )
         try:
             # Off the event loop: a template running to its render budget must not stall the worker.
-            mail = await asyncio.get_running_loop().run_in_executor(self._render_thread, build)
+            mail = await self._render.call(build)
         except (TemplateError, MessageError) as exc:
             return DeliveryResult("failed", f"build: {exc}")
         reservation = await self.store.reserve(
@@ -182,6 +184,9 @@ class Deliverer:
             self.metrics["resumed"] += 1
             log.info("resending %s: reserved at %d, never transmitted", decision.key, reservation.resumed.at_ms)
         return await self._send_reserved(decision, mail, reservation.token)
+
+    async def _render_batch(self, builds: list[Callable[[], OutgoingMail]]) -> list[OutgoingMail | Exception]:
+        return await asyncio.get_running_loop().run_in_executor(self._render_thread, _build_all, builds)
 
     async def _send_reserved(self, decision: Decision, mail: OutgoingMail, token: str) -> DeliveryResult:
         loop = asyncio.get_running_loop()
@@ -265,3 +270,14 @@ class Deliverer:
             # The mail's fate is already recorded in the ledger; a sink outage must not turn it into a retry.
             self.metrics["emit_failed"] += 1
             log.exception("engagement sink refused a delivery event for %s", decision.key)
+
+
+def _build_all(builds: list[Callable[[], OutgoingMail]]) -> list[OutgoingMail | Exception]:
+    """Each build's mail, or its exception (one bad mail must not fail the others composed with it)."""
+    results: list[OutgoingMail | Exception] = []
+    for build in builds:
+        try:
+            results.append(build())
+        except Exception as exc:
+            results.append(exc)
+    return results
