@@ -435,7 +435,8 @@ def kagoflow_settings(*, tag: str, prefix: str, workdir: Path, bootstrap: str, a
     return replace(Settings.from_env(), kafka_bootstrap=bootstrap,
                    app_id=f"{tag}-kagoflow" if round_ == 1 else f"{tag}-kagoflow-r{round_}",
                    topic_prefix=prefix, data_dir=data_dir, web_port=_free_port(), partitions=PARTITIONS,
-                   archive_enabled=archive, clickhouse_database=_bench_database(tag))
+                   archive_enabled=archive, clickhouse_database=_bench_database(tag),
+                   local_mode=True)  # the local stack: http tracking links
 
 
 def _bench_database(tag: str) -> str:

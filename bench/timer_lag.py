@@ -99,7 +99,7 @@ async def main_async(args: argparse.Namespace) -> None:
     env = dict(os.environ, KAGOFLOW_APP_ID=f"lag-{tag}", KAGOFLOW_TOPIC_PREFIX=topics.prefix,
                KAGOFLOW_DATA_DIR=str(tmp / "data"), KAGOFLOW_RULES_DIR=str(tmp / "rules"),
                KAGOFLOW_MIN_DELAY_SECONDS="1", KAGOFLOW_WEB_PORT=str(args.web_port),
-               KAGOFLOW_ARCHIVE_ENABLED="false")
+               KAGOFLOW_ARCHIVE_ENABLED="false", KAGOFLOW_LOCAL_MODE="1")
     log = (tmp / "worker.log").open("wb")
     worker = subprocess.Popen([sys.executable, "-m", "kagoflow.cli", "worker"], cwd=PROJECT_ROOT, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
