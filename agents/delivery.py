@@ -1,8 +1,10 @@
 """The delivery agent: ``sent`` decisions from ``mail_decisions`` → rendered mail → SMTP, exactly once.
 
-Events are acknowledged only after their batch was handed to the ``Deliverer`` (whose Redis ledger makes a
-replayed decision a ``duplicate`` or ``uncertain``, never a second mail). When Redis is away, the batch
-waits and is retried — nothing is sent unrecorded.
+Events are acknowledged only after every mail of their batch reached an outcome, so a worker killed mid-batch
+gets the batch again after its restart: the Redis ledger then resends what was only ``reserved`` (its end of
+DATA never written, so never delivered), reports ``transmitting`` as ``uncertain`` and finished mails as
+``duplicate`` — never a second mail. When Redis is away, the batch waits and is retried — nothing is sent
+unrecorded.
 """
 
 from __future__ import annotations

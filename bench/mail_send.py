@@ -1,7 +1,7 @@
 """Benchmark: render + send N mails through the Deliverer with SMTP pool sizes 1, 4 and 8.
 
     .venv/bin/python bench/mail_send.py [--mails 20000] [--pools 1,4,8] [--no-redis] [--no-pipelining]
-        [--per-connection K] [--batch 256] [--sink raw|aiosmtpd]
+        [--per-connection K] [--batch 256] [--sink raw|aiosmtpd] [--dkim]
 
 The SMTP sink runs in a separate process and counts and discards mails: by default a minimal SMTP
 responder (aiosmtpd costs about as much CPU per mail as the client, which on 2 cores would measure the
@@ -11,7 +11,9 @@ each mail takes the worker's full path: suppression check + ledger reservation, 
 ledger confirmation, delivery event (to an in-memory sink). ``--no-redis`` measures render + build + SMTP
 only. Also prints the render + build cost per mail without any I/O. Mails in flight are the Deliverer's
 default, as in the worker (``max(8, 4 × pool size)``); ``--per-connection K`` makes them K × pool size. Like
-the delivery agent, the mails are handed to ``deliver_many`` in batches of 256 (``--batch``).
+the delivery agent, the mails are handed to ``deliver_many`` in batches of 256 (``--batch``). ``--dkim``
+signs every mail with a fresh 2048-bit RSA key (as ``KAGOFLOW_DKIM_*`` would). The tracking base URL is
+https, as outside local mode.
 
 Wall-clock mails/s depends on what else the machine runs (client and sink share its cores); the client's CPU
 time per mail, and the rate one fully available core would give (1e6 / that), describe the worker itself.
@@ -24,8 +26,10 @@ import asyncio
 import multiprocessing
 import socket
 import sys
+import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,17 @@ from kagoflow.mail.engagement import MemorySink
 from kagoflow.mail.message import compose
 from kagoflow.mail.templates import MailTemplates
 from kagoflow.settings import Settings
+
+
+def _dkim_key_file() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = Path(tempfile.mkdtemp(prefix="kagoflow-bench-")) / "dkim.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return str(path)
 
 
 def _free_port() -> int:
@@ -262,8 +277,13 @@ def main() -> int:
     parser.add_argument(
         "--sink", choices=("raw", "aiosmtpd"), default="raw", help="SMTP sink: minimal responder or aiosmtpd"
     )
+    parser.add_argument("--dkim", action="store_true", help="DKIM-sign every mail (2048-bit RSA)")
     args = parser.parse_args()
     settings = Settings.from_env()
+    if not settings.public_base_url.startswith("https://"):
+        settings = replace(settings, public_base_url="https://track.example.com")
+    if args.dkim:
+        settings = replace(settings, dkim_selector="bench", dkim_private_key_file=_dkim_key_file())
     use_redis = not args.no_redis
     if use_redis:
 
@@ -294,7 +314,8 @@ def main() -> int:
         mode = "full path (Redis ledger + SMTP)" if use_redis else "render + SMTP (no Redis)"
         smtp = "one command at a time" if args.no_pipelining else "pipelined"
         in_flight = f"{args.per_connection} × pool" if args.per_connection else "Deliverer default max(8, 4 × pool)"
-        print(f"{args.mails} mails per run, {mode}, {args.sink} SMTP sink in a separate process, {smtp}")
+        signed = ", DKIM-signed" if args.dkim else ""
+        print(f"{args.mails} mails per run, {mode}{signed}, {args.sink} SMTP sink in a separate process, {smtp}")
         print(f"mails in flight: {in_flight}; deliver_many batches of {args.batch or args.mails}")
         print(
             f"{'pool':>4}  {'seconds':>8}  {'mails/s':>8}  {'client CPU µs/mail':>18}  {'= mails/s per core':>18}  "

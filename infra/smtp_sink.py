@@ -6,6 +6,10 @@ is kept as ``X-Envelope-From`` / ``X-Envelope-To`` headers prepended to the mess
 ``Return-Path`` / ``Delivered-To``.
 
     python infra/smtp_sink.py --port 10025 --mail-dir .stack/smtp/mail
+
+``--reply-delay-ms`` stores each mail at once but answers its end of DATA only after that delay, like a
+slow MTA: tests use it to keep mails queued for a connection and to kill a sender while the outcome of a
+mail it wrote is unknown to it (the mail is then stored, never half-taken).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 
 class MaildirHandler:
-    def __init__(self, mail_dir: Path) -> None:
+    def __init__(self, mail_dir: Path, *, reply_delay: float = 0.0) -> None:
         self.mail_dir = mail_dir
+        self.reply_delay = reply_delay
         self.tmp_dir = mail_dir.parent / "tmp"
         self.mail_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -42,11 +47,13 @@ class MaildirHandler:
             out.write(content)
         os.replace(tmp, self.mail_dir / name)
         self.received += 1
+        if self.reply_delay:
+            await asyncio.sleep(self.reply_delay)
         return "250 Message accepted for delivery"
 
 
-async def serve(*, host: str, port: int, mail_dir: Path) -> None:
-    handler = MaildirHandler(mail_dir)
+async def serve(*, host: str, port: int, mail_dir: Path, reply_delay: float = 0.0) -> None:
+    handler = MaildirHandler(mail_dir, reply_delay=reply_delay)
     loop = asyncio.get_running_loop()
 
     def factory() -> SMTP:
@@ -69,8 +76,9 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mail-dir", type=Path, required=True)
+    parser.add_argument("--reply-delay-ms", type=float, default=0.0)
     args = parser.parse_args()
-    asyncio.run(serve(host=args.host, port=args.port, mail_dir=args.mail_dir))
+    asyncio.run(serve(host=args.host, port=args.port, mail_dir=args.mail_dir, reply_delay=args.reply_delay_ms / 1000))
     return 0
 
 

@@ -73,6 +73,12 @@ class Settings:
     """How long one mail keeps being retried after temporary (4xx / connection) failures before giving up."""
     mail_unsubscribe_mailto: str = ""
     """Optional address added to ``List-Unsubscribe`` as a ``mailto:`` alternative; empty = none."""
+    dkim_selector: str = ""
+    """DKIM selector (``<selector>._domainkey.<domain>`` holds the public key); empty = mails are not signed."""
+    dkim_domain: str = ""
+    """Signing domain (``d=``); empty = the domain of ``mail_from_address`` (aligned for DMARC)."""
+    dkim_private_key_file: str = ""
+    """PEM file of the DKIM private key (RSA, 2048 bits); needed with a selector."""
     # -- Rules, templates, tracking --------------------------------------------------------------
     rules_dir: Path = PROJECT_ROOT / "rules"
     templates_dir: Path = PROJECT_ROOT / "templates"
@@ -85,7 +91,7 @@ class Settings:
     """Click redirects only go to https URLs (http too in ``local_mode``) on exactly these hosts."""
     local_mode: bool = False
     """The local stack, the demo and the tests: accepts the default / short tracking secret, a short operator
-    token and http click targets. Never set it in production."""
+    token, http click targets and an http ``public_base_url`` (unsubscribe link). Never set it in production."""
     # -- Worker ----------------------------------------------------------------------------------
     web_port: int = 16066
     """Public server (tracking links and ``/health`` only): what mail recipients reach."""

@@ -8,6 +8,8 @@ because Redis was away.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -26,7 +28,12 @@ COUNTER_TTL_S = 40 * DAY_S
 ANSWER_TTL_S = 60 * DAY_S
 """Cap answers and ledger entries outlive any replay of a decision."""
 
-LedgerState = Literal["reserved", "sent", "failed"]
+LedgerState = Literal["reserved", "transmitting", "sent", "failed"]
+"""``reserved``: this decision's mail is being sent and its end of DATA is not written yet — nothing can
+have been delivered, so after a crash the mail is sent again. ``transmitting``: written just before the end
+of DATA (the only moment SMTP leaves the outcome unknown) — after a crash it is ``uncertain``, never resent.
+``sent`` / ``failed``: final. ``reserved`` and ``transmitting`` carry the reserving attempt's owner token."""
+LEDGER_STATES: frozenset[str] = frozenset(("reserved", "transmitting", "sent", "failed"))
 
 
 class StoreUnavailable(RuntimeError):
@@ -166,9 +173,13 @@ class LedgerEntry:
     def decode(cls, raw: str | bytes) -> LedgerEntry:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         state, at_ms, detail = text.split("|", 2)
-        if state not in ("reserved", "sent", "failed"):
+        if state not in LEDGER_STATES:
             raise ValueError(f"bad ledger entry {text!r}")
         return cls(state=state, at_ms=int(at_ms), detail=detail)  # type: ignore[arg-type]
+
+
+class LostReservation(RuntimeError):
+    """Another attempt took the reservation over (a rebalance moved the decision): do not transmit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +187,12 @@ class Reservation:
     """Answer of ``RedisStore.reserve``: exactly one of the three outcomes."""
 
     reserved: bool = False
-    """The caller now owns the send of this decision."""
+    """The caller now owns the send of this decision (``token`` proves it to ``mark_transmitting``)."""
+    token: str = ""
+    resumed: LedgerEntry | None = None
+    """When reserved: the earlier ``reserved`` entry taken over (a crash before its end of DATA)."""
     existing: LedgerEntry | None = None
-    """The decision was reserved before (by this or an earlier process)."""
+    """The decision was transmitted or finished before (by this or an earlier process)."""
     suppressed: str | None = None
     """The member or address is on the suppression list: the reason."""
 
@@ -186,12 +200,16 @@ class Reservation:
 _RESERVE_LUA = """
 -- KEYS[1], KEYS[2]: suppressed members / addresses; KEYS[2 + i]: ledger key of reservation i.
 -- ARGV[1]: TTL; ARGV[3i - 1], ARGV[3i], ARGV[3i + 1]: member, address, 'reserved' entry of reservation i.
--- Per reservation, in order: an existing ledger entry wins, then the suppression list, else reserve.
+-- Per reservation, in order: an existing ledger entry wins (a 'reserved' one is taken over: its mail
+-- never reached the end of DATA), then the suppression list, else reserve.
 local out = {}
 for i = 1, #KEYS - 2 do
   local key = KEYS[i + 2]
   local existing = redis.call('GET', key)
-  if existing then
+  if existing and string.sub(existing, 1, 9) == 'reserved|' then
+    redis.call('SET', key, ARGV[3 * i + 1], 'EX', ARGV[1])
+    out[2 * i - 1], out[2 * i] = 'resumed', existing
+  elseif existing then
     out[2 * i - 1], out[2 * i] = 'exists', existing
   else
     local reason = redis.call('HGET', KEYS[1], ARGV[3 * i - 1])
@@ -213,6 +231,24 @@ return #KEYS
 """
 
 
+_TRANSMIT_LUA = """
+-- KEYS[i]: ledger key; ARGV[1]: TTL; ARGV[2i], ARGV[2i + 1]: owner token, 'transmitting' entry.
+-- Marked only while the entry is still this owner's (reserved, or transmitting after a 4xx); else 0.
+local out = {}
+for i = 1, #KEYS do
+  local current = redis.call('GET', KEYS[i]) or ''
+  local state, _, owner = string.match(current, '^([^|]*)|([^|]*)|(.*)$')
+  if (state == 'reserved' or state == 'transmitting') and owner == ARGV[2 * i] then
+    redis.call('SET', KEYS[i], ARGV[2 * i + 1], 'EX', ARGV[1])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
 class RedisStore:
     """Send ledger and suppression list (and the cap store as ``caps``) under one key prefix."""
 
@@ -224,6 +260,9 @@ class RedisStore:
         self._suppressed_members = f"{prefix}suppressed:member"
         self._suppressed_emails = f"{prefix}suppressed:email"
         self._uncertain = f"{prefix}ledger:uncertain"
+        self._owner = secrets.token_hex(6)
+        self._attempts = itertools.count()
+        """Owner tokens of reservations: this store's random id and a counter (unique without a syscall)."""
         # Reservations and confirmations of one event-loop turn: one pipeline, one script call for each kind.
         self._ledger: _Coalescer[tuple[str, ...], Any] = _Coalescer(self._ledger_flush)
 
@@ -248,16 +287,19 @@ class RedisStore:
 
         Reservations asked for in the same event-loop turn go to Redis as one script call, in one write with
         the turn's confirmations (each reservation is still atomic, and answered on its own)."""
+        token = f"{self._owner}{next(self._attempts):x}"
         item = (
             "reserve",
             self._ledger_key(key),
             member_id,
             _norm_email(email),
-            LedgerEntry("reserved", now_ms).encode(),
+            LedgerEntry("reserved", now_ms, token).encode(),
         )
         kind, value = await _guard(lambda: self._ledger.call(item))
         if kind == "reserved":
-            return Reservation(reserved=True)
+            return Reservation(reserved=True, token=token)
+        if kind == "resumed":
+            return Reservation(reserved=True, token=token, resumed=LedgerEntry.decode(value))
         if kind == "exists":
             return Reservation(existing=LedgerEntry.decode(value))
         return Reservation(suppressed=_reason(value))
@@ -266,9 +308,21 @@ class RedisStore:
         entry = LedgerEntry(state, now_ms, detail.replace("|", "/")).encode()
         await _guard(lambda: self._ledger.call(("confirm", self._ledger_key(key), entry)))
 
+    async def mark_transmitting(self, key: str, *, token: str, now_ms: int, undo: bool = False) -> None:
+        """Record that the end of DATA is about to be written (call it before, never after, those bytes go
+        out); ``undo``: back to ``reserved`` once the server certainly did not take the mail (4xx, or the
+        connection lost before the end). Marks of one event-loop turn share one round trip with the turn's
+        other ledger writes. Raises ``LostReservation`` when the entry is no longer this owner's."""
+        entry = LedgerEntry("reserved" if undo else "transmitting", now_ms, token).encode()
+        marked = await _guard(lambda: self._ledger.call(("transmit", self._ledger_key(key), token, entry)))
+        if not marked:
+            raise LostReservation(f"the reservation of {key} was taken over; not transmitting")
+
     async def _ledger_flush(self, ops: list[tuple[str, ...]]) -> list[Any]:
-        """One write to Redis for the turn: the reservations (in order) as one script, then the confirmations."""
+        """One write to Redis for the turn: the reservations (in order) as one script, then the
+        transmission marks, then the confirmations."""
         reserves = [i for i, op in enumerate(ops) if op[0] == "reserve"]
+        marks = [i for i, op in enumerate(ops) if op[0] == "transmit"]
         confirms = [i for i, op in enumerate(ops) if op[0] == "confirm"]
         async with self.client.pipeline(transaction=False) as pipe:
             if reserves:
@@ -277,6 +331,12 @@ class RedisStore:
                     args += ops[i][2:5]
                 keys = [self._suppressed_members, self._suppressed_emails, *(ops[i][1] for i in reserves)]
                 pipe.execute_command("EVAL", _RESERVE_LUA, len(keys), *keys, *args)
+            if marks:
+                keys = [ops[i][1] for i in marks]
+                args = [ANSWER_TTL_S]
+                for i in marks:
+                    args += ops[i][2:4]
+                pipe.execute_command("EVAL", _TRANSMIT_LUA, len(keys), *keys, *args)
             if confirms:
                 keys = [ops[i][1] for i in confirms]
                 pipe.execute_command(
@@ -289,6 +349,10 @@ class RedisStore:
             flat = answer if isinstance(answer, Exception) else [_text(value) for value in answer]
             for n, i in enumerate(reserves):
                 results[i] = flat if isinstance(flat, Exception) else (flat[2 * n], flat[2 * n + 1])
+        if marks:
+            answer = next(answers)
+            for n, i in enumerate(marks):
+                results[i] = answer if isinstance(answer, Exception) else bool(int(answer[n]))
         if confirms:
             answer = next(answers)
             for i in confirms:
@@ -307,7 +371,8 @@ class RedisStore:
         await _guard(lambda: self.client.sadd(self._uncertain, key))
 
     async def count_uncertain(self) -> int:
-        """Decisions met reserved-but-never-confirmed (a crash or lost connection mid-send): not resent."""
+        """Decisions whose end of DATA went out without a reply (a crash or lost connection in that window):
+        the server may have accepted them, so they are not resent."""
         return int(await _guard(lambda: self.client.scard(self._uncertain)))
 
     async def uncertain_keys(self) -> list[str]:

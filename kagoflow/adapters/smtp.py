@@ -22,6 +22,7 @@ import asyncio
 import re
 import ssl
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -181,8 +182,22 @@ class SmtpPool:
         elif connection is not None:  # the pool was closed meanwhile
             self._drop(connection)
 
-    async def send(self, *, sender: str, recipient: str, data: bytes, smtputf8: bool = False) -> str:
+    async def send(
+        self,
+        *,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        smtputf8: bool = False,
+        before_end: Callable[[], Awaitable[None]] | None = None,
+    ) -> str:
         """Send one message; returns the server's final reply. Raises the errors of the module doc.
+
+        ``before_end`` is awaited once the server accepted DATA (354), just before the content and its final
+        ``.`` are written (in one write, as without it): the last moment at which the mail is certainly not
+        delivered (a sender records it to tell a crash before from a crash after). If it raises, the
+        connection is dropped — the server discards a transaction without its end of DATA — and its
+        exception propagates.
 
         The send owns its connection from the envelope until the content is written. On a pipelining
         connection it then hands the connection to the next waiting send — whose envelope goes out in the
@@ -211,6 +226,8 @@ class SmtpPool:
                 try:
                     await connection.envelope(commands, written)
                     written = None
+                    if before_end is not None:
+                        await before_end()
                     final = self._send_content(connection, content)
                     owner = not connection.pipelining
                     return await connection.finish(final)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 MAX_PENDING_BYTES = 64 * 1024
 """A reply line longer than this is a broken server: the connection is dropped."""
+END_OF_DATA = b".\r\n"
+"""The line that ends the content: once written, the server may accept the mail at any moment."""
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r")
 _LINE_START_DOT = re.compile(rb"(?m)^\.")
 _ENVELOPE_OK: tuple[frozenset[int], ...] = (frozenset({250}), frozenset({250, 251}), frozenset({354}))
@@ -199,7 +201,7 @@ def message_content(data: bytes) -> bytes:
         data += b"\r\n"
     if data.startswith(b".") or b"\n." in data:
         data = _LINE_START_DOT.sub(b"..", data)
-    return data + b".\r\n"
+    return data + END_OF_DATA
 
 
 def _first_refusal(replies: list[Reply]) -> Reply | None:

@@ -8,7 +8,7 @@ are evaluated in when several are due at the same moment.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,9 +98,88 @@ class RuleSet:
         return [line for rule in self.by_id.values() for line in rule.describe().split("\n")]
 
 
+MAX_FILE_BYTES = 1_000_000
+"""Rule files are hand-written and small; anything larger is a mistake (or an attack on the loader)."""
+MAX_DEPTH = 32
+"""Deepest nesting of mappings / lists a rule file may have (the real ones use 3)."""
+MAX_VALUES = 20_000
+"""Values a rule file may have once its aliases are expanded: the "billion laughs" (nine aliases of nine
+aliases of ...) stays a few hundred bytes of YAML but expands to billions of values — which the rule
+parsers, and formatting one value for an error message, would walk."""
+MAX_TEXT = {"coupon": 64, "sender_name": 100}
+"""Keys of any rule (and ``shop.yaml``) that end up in a mail: one line of at most this many characters."""
+_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class _RuleLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 numbers: ``10:00`` stays a string (YAML 1.1 reads it as the base-60
-    integer 600) and an unquoted SKU like ``0123`` stays a string (not octal 83)."""
+    integer 600) and an unquoted SKU like ``0123`` stays a string (not octal 83); a key given twice in one
+    mapping is an error (YAML says keys are unique; PyYAML silently keeps the last); nesting deeper than
+    ``MAX_DEPTH`` and documents expanding to more than ``MAX_VALUES`` values are errors."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            _expanded_size(node, {}, 0)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                line = first.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # unhashable: the base class reports it
+                continue
+            if line != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_short(key)} (first on line {line + 1})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], depth: int) -> int:
+    """Values under ``node`` with aliases expanded (an aliased node is composed once and shared, so each is
+    counted once and its count reused); raises when it passes ``MAX_VALUES`` or ``MAX_DEPTH``."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    if depth > MAX_DEPTH:
+        raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels (through aliases)",
+                                          node.start_mark)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, depth + 1) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, depth + 1) + _expanded_size(v, sizes, depth + 1) for k, v in node.value)
+    if size > MAX_VALUES:
+        raise yaml.composer.ComposerError(
+            None, None, f"expands to more than {MAX_VALUES} values (aliases)", node.start_mark
+        )
+    sizes[id(node)] = size
+    return size
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
@@ -118,18 +197,40 @@ _RuleLoader.add_implicit_resolver(
 
 
 def read_yaml(path: Path) -> Any:
+    """The file's YAML, or a ``RuleError``: unreadable, over ``MAX_FILE_BYTES``, not UTF-8, invalid YAML
+    (with the line), a duplicate key, too deep, too many values, a text key that is not one short line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise RuleError(str(path), "", str(path), f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise RuleError(str(path), "", str(path), f"file too large (over {MAX_FILE_BYTES:,} bytes)")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RuleError(str(path), "", str(path), "not UTF-8 text") from None
     try:
-        return yaml.load(text, Loader=_RuleLoader)
+        data = yaml.load(text, Loader=_RuleLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise RuleError(str(path), "", None, f"invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if isinstance(data, Mapping):
+        for key, limit in MAX_TEXT.items():
+            _check_line(data.get(key), key=key, limit=limit, file=str(path))
+    return data
+
+
+def _check_line(value: object, *, key: str, limit: int, file: str) -> None:
+    """Mail-bound text (a coupon code, a sender name) must be one line of bounded length: a line break
+    would reach a header or a code the shop validates, and a novel would reach the inbox."""
+    if not isinstance(value, str):
+        return  # absent, or the rule parsers report the wrong type
+    if _NOT_ONE_LINE.search(value):
+        raise RuleError(file, key, value, "must be a single line (no line breaks or control characters)")
+    if len(value) > limit:
+        raise RuleError(file, key, value, f"too long ({len(value)} characters; at most {limit})")
 
 
 def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_seconds: int = 900) -> RuleSet:

@@ -3,30 +3,35 @@
 For each ``sent`` decision:
 1. render and build the message (a template or address problem fails here, before anything is recorded);
 2. one Redis call: a ledger entry for the decision's key wins (``duplicate`` when it was sent or failed,
-   ``uncertain`` when it was reserved but never confirmed — a crash or a connection lost mid-DATA: counted
-   and reported, never resent), else a suppressed member or address gives ``suppressed``, else the key is
-   reserved for this send;
-3. SMTP with exponential backoff on 4xx and lost connections, for at most ``retry_seconds``; a 5xx puts the
-   member and address on the suppression list (``failed``);
+   ``uncertain`` when it was ``transmitting`` but never confirmed — a crash or a connection lost between
+   writing the end of DATA and reading its reply: counted and reported, never resent; a ``reserved`` entry
+   is a crash before that moment — nothing can have been delivered — and is taken over and sent), else a
+   suppressed member or address gives ``suppressed``, else the key is reserved for this send;
+3. SMTP with exponential backoff on 4xx and lost connections, for at most ``retry_seconds``; just before the
+   end of DATA is written the entry becomes ``transmitting`` (back to ``reserved`` after a 4xx); a 5xx puts
+   the member and address on the suppression list (``failed``);
 4. the ledger entry is confirmed, and a ``delivery`` engagement event goes to the sink.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
+from kagoflow.adapters.redis_store import LostReservation, RedisStore, StoreUnavailable, _Coalescer
 from kagoflow.adapters.smtp import SmtpPermanentError, SmtpPool, SmtpTemporaryError, SmtpUncertainError
 from kagoflow.core.catalog import ProductInfo
 from kagoflow.core.decisions import Decision
 from kagoflow.mail.context import MemberProfile
+from kagoflow.mail.dkimsign import signer_for
 from kagoflow.mail.engagement import EngagementSink, engagement_event
 from kagoflow.mail.message import MessageError, OutgoingMail, compose
 from kagoflow.mail.ratelimit import TokenBucket
@@ -49,6 +54,19 @@ class DeliveryResult:
     attempts: int = 0
 
 
+def check_mail_settings(settings: Settings) -> None:
+    """Refuse to start on settings that would send mails receivers reject or that break RFC 8058: an http
+    unsubscribe URL outside local mode, incomplete DKIM settings (``DkimError``)."""
+    if not settings.local_mode and not settings.public_base_url.startswith("https://"):
+        raise ValueError(
+            f"KAGOFLOW_PUBLIC_BASE_URL={settings.public_base_url!r}: the unsubscribe link must be https "
+            "(RFC 8058; http only with KAGOFLOW_LOCAL_MODE=1)"
+        )
+    if signer_for(settings) is None and not settings.local_mode:
+        log.warning("mails are not DKIM-signed (KAGOFLOW_DKIM_SELECTOR unset): Gmail and Yahoo reject bulk mail "
+                    "without DKIM")
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -68,6 +86,7 @@ class Deliverer:
         retry_max_delay: float = 30.0,
         concurrency: int | None = None,
     ) -> None:
+        check_mail_settings(settings)
         self.settings = settings
         self.store = store
         self.sink = sink
@@ -79,6 +98,10 @@ class Deliverer:
         self.retry_max_delay = retry_max_delay
         self.concurrency = concurrency or max(8, 4 * self.pool.size)
         self.bucket = TokenBucket(settings.smtp_rate_per_second)
+        self._render_thread = ThreadPoolExecutor(1, thread_name_prefix="kagoflow-render")
+        """Renders run here, one at a time (the templates' compiled cache is this thread's alone)."""
+        self._render: _Coalescer[Callable[[], OutgoingMail], OutgoingMail] = _Coalescer(self._render_batch)
+        """Mails composed in the same event-loop turn go to the thread together (one hand-over, not one each)."""
         self._in_flight: set[str] = set()
         self.metrics: Counter[str] = Counter()
         """delivered / duplicate / suppressed / failed / uncertain per result, plus retried (SMTP attempts
@@ -89,6 +112,7 @@ class Deliverer:
 
     async def close(self) -> None:
         await self.pool.close()
+        self._render_thread.shutdown(wait=False)
 
     async def deliver(
         self, decision: Decision, *, profile: MemberProfile, products: Sequence[ProductInfo]
@@ -130,15 +154,18 @@ class Deliverer:
         if not profile.opt_in:
             return DeliveryResult("suppressed", "no_consent")
         now = self.clock()
+        build = functools.partial(
+            compose,
+            decision,
+            profile=profile,
+            products=products,
+            settings=self.settings,
+            templates=self.templates,
+            sent_ms=now,
+        )
         try:
-            mail = compose(
-                decision,
-                profile=profile,
-                products=products,
-                settings=self.settings,
-                templates=self.templates,
-                sent_ms=now,
-            )
+            # Off the event loop: a template running to its render budget must not stall the worker.
+            mail = await self._render.call(build)
         except (TemplateError, MessageError) as exc:
             return DeliveryResult("failed", f"build: {exc}")
         reservation = await self.store.reserve(
@@ -148,24 +175,44 @@ class Deliverer:
             return DeliveryResult("suppressed", reservation.suppressed)
         if reservation.existing is not None:
             entry = reservation.existing
-            if entry.state == "reserved":
+            if entry.state == "transmitting":
                 await self.store.note_uncertain(decision.key)
-                return DeliveryResult("uncertain", f"reserved at {entry.at_ms}, never confirmed; not resent")
+                detail = f"end of DATA written at {entry.at_ms}, never confirmed; not resent"
+                return DeliveryResult("uncertain", detail)
             return DeliveryResult("duplicate", f"already {entry.state} at {entry.at_ms}")
-        return await self._send_reserved(decision, mail)
+        if reservation.resumed is not None:
+            self.metrics["resumed"] += 1
+            log.info("resending %s: reserved at %d, never transmitted", decision.key, reservation.resumed.at_ms)
+        return await self._send_reserved(decision, mail, reservation.token)
 
-    async def _send_reserved(self, decision: Decision, mail: OutgoingMail) -> DeliveryResult:
+    async def _render_batch(self, builds: list[Callable[[], OutgoingMail]]) -> list[OutgoingMail | Exception]:
+        return await asyncio.get_running_loop().run_in_executor(self._render_thread, _build_all, builds)
+
+    async def _send_reserved(self, decision: Decision, mail: OutgoingMail, token: str) -> DeliveryResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_seconds
         delay = self.retry_base_delay
         attempts = 0
+        marked = False
+
+        async def before_end() -> None:
+            nonlocal marked
+            await self.store.mark_transmitting(decision.key, token=token, now_ms=self.clock())
+            marked = True
+
         while True:
             attempts += 1
             await self.bucket.acquire()
             try:
                 reply = await self.pool.send(
-                    sender=mail.sender, recipient=mail.recipient, data=mail.data, smtputf8=mail.smtputf8
+                    sender=mail.sender,
+                    recipient=mail.recipient,
+                    data=mail.data,
+                    smtputf8=mail.smtputf8,
+                    before_end=before_end,
                 )
+            except LostReservation as exc:
+                return DeliveryResult("duplicate", str(exc), mail.message_id, attempts)
             except SmtpPermanentError as exc:
                 detail = f"bounce: {exc}"
                 if exc.code not in NOT_A_BOUNCE:
@@ -180,6 +227,9 @@ class Deliverer:
                 await self.store.note_uncertain(decision.key)
                 return DeliveryResult("uncertain", str(exc), mail.message_id, attempts)
             except SmtpTemporaryError as exc:
+                if marked:  # refused (4xx) or lost before the end of DATA: certainly not delivered
+                    await self.store.mark_transmitting(decision.key, token=token, now_ms=self.clock(), undo=True)
+                    marked = False
                 wait = delay * random.uniform(0.5, 1.0)
                 if loop.time() + wait > deadline:
                     await self.store.release(decision.key)
@@ -220,3 +270,14 @@ class Deliverer:
             # The mail's fate is already recorded in the ledger; a sink outage must not turn it into a retry.
             self.metrics["emit_failed"] += 1
             log.exception("engagement sink refused a delivery event for %s", decision.key)
+
+
+def _build_all(builds: list[Callable[[], OutgoingMail]]) -> list[OutgoingMail | Exception]:
+    """Each build's mail, or its exception (one bad mail must not fail the others composed with it)."""
+    results: list[OutgoingMail | Exception] = []
+    for build in builds:
+        try:
+            results.append(build())
+        except Exception as exc:
+            results.append(exc)
+    return results

@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from kagoflow.core.catalog import ProductInfo
 from kagoflow.core.decisions import Decision
 from kagoflow.mail.context import MemberProfile, mail_context
+from kagoflow.mail.dkimsign import DkimSigner, signer_for
 from kagoflow.mail.templates import MailTemplates, RenderedMail
 from kagoflow.settings import Settings
 
 _LINE_BREAKS = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _EW_BYTES = 39
 """UTF-8 bytes per encoded word: 52 base64 characters, so ``Subject: `` plus one word stays within 78."""
+LINE_SOFT, LINE_HARD = 78, 998
+"""RFC 5322 §2.1.1: header lines SHOULD stay within 78 characters and MUST within 998."""
+_LONGEST_WORD = 200
+"""ASCII text with a longer word is sent as encoded words (which can be folded anywhere)."""
 
 
 class MessageError(ValueError):
@@ -76,7 +81,7 @@ def encode_header(value: str) -> str:
     would cap delivery far below the 1,000 mails/s goal.
     """
     value = header_text(value)
-    if value.isascii() and "=?" not in value:
+    if value.isascii() and "=?" not in value and all(len(word) <= _LONGEST_WORD for word in value.split(" ")):
         return value
     data = value.encode("utf-8")
     words: list[str] = []
@@ -88,6 +93,24 @@ def encode_header(value: str) -> str:
         words.append(f"=?utf-8?b?{base64.b64encode(data[start:end]).decode('ascii')}?=")
         start = end
     return "\r\n ".join(words)
+
+
+def fold(name: str, value: str) -> str:
+    """``Name: value`` folded at spaces into lines of at most 78 characters where the words allow (RFC 5322
+    §2.2.3); a value that is already folded (encoded words) is kept. Raises ``MessageError`` if a line
+    would still pass 998 characters."""
+    lines = [f"{name}: {value}"]
+    if "\r\n" not in value and len(lines[0]) > LINE_SOFT:
+        words = value.split(" ")
+        lines = [f"{name}: {words[0]}"]  # never fold right after the colon: the value would start with a space
+        for word in words[1:]:
+            if len(lines[-1]) + 1 + len(word) <= LINE_SOFT:
+                lines[-1] += " " + word
+            else:
+                lines.append(" " + word)
+    if any(len(line) > LINE_HARD for line in "\r\n".join(lines).split("\r\n")):
+        raise MessageError(f"{name} header has a word longer than {LINE_HARD} characters: {value[:60]!r}...")
+    return "\r\n".join(lines)
 
 
 def _mailbox(addr: str, display_name: str) -> str:
@@ -119,26 +142,36 @@ def build_message(
     unsubscribe_mailto: str = "",
     key: str,
     sent_ms: int,
+    require_https: bool = True,
+    signer: DkimSigner | None = None,
 ) -> OutgoingMail:
+    """``require_https``: RFC 8058 one-click unsubscribe needs an https URI (off only in local mode);
+    ``signer``: DKIM-sign the message."""
     sender = _check_address(from_address)
     recipient = _check_address(to_address)
     subject = header_text(rendered.subject)
     message_id = message_id_for(key, sender.rpartition("@")[2])
+    if require_https and not unsubscribe_url.startswith("https://"):
+        raise MessageError(
+            f"List-Unsubscribe must be an https URL (RFC 8058), got {unsubscribe_url[:40]!r}...: "
+            "set KAGOFLOW_PUBLIC_BASE_URL to https (http only with KAGOFLOW_LOCAL_MODE=1)"
+        )
     unsubscribe = f"<{header_text(unsubscribe_url)}>"
     if unsubscribe_mailto:
         unsubscribe += f", <mailto:{_check_address(unsubscribe_mailto)}?subject=unsubscribe>"
     # Never in the parts: their headers are fixed and base64 has neither "-" nor "_" (so no random needed).
     boundary = f"=_kagoflow_{message_id[1:25]}"
+    content_type = f'multipart/alternative; boundary="{boundary}"'
     headers = (
-        f"Subject: {encode_header(subject)}\r\n"
-        f"From: {_mailbox(sender, from_name)}\r\n"
-        f"To: {recipient}\r\n"
+        f"{fold('Subject', encode_header(subject))}\r\n"
+        f"{fold('From', _mailbox(sender, from_name))}\r\n"
+        f"{fold('To', recipient)}\r\n"
         f"Date: {email.utils.formatdate(sent_ms / 1000, usegmt=True)}\r\n"
         f"Message-ID: {message_id}\r\n"
-        f"List-Unsubscribe: {unsubscribe}\r\n"
+        f"{fold('List-Unsubscribe', unsubscribe)}\r\n"
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
         "MIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'
+        f"{fold('Content-Type', content_type)}\r\n"
         "\r\n"
     )
     delimiter = f"--{boundary}\r\n".encode("ascii")
@@ -154,6 +187,8 @@ def build_message(
             f"--{boundary}--\r\n".encode("ascii"),
         )
     )
+    if signer is not None:
+        data = signer.sign(data, now_s=sent_ms // 1000) + data
     return OutgoingMail(
         sender=sender,
         recipient=recipient,
@@ -192,4 +227,6 @@ def compose(
         unsubscribe_mailto=settings.mail_unsubscribe_mailto,
         key=decision.key,
         sent_ms=sent_ms,
+        require_https=not settings.local_mode,
+        signer=signer_for(settings),
     )

@@ -24,6 +24,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from kagoflow.core.errors import RuleError
+from kagoflow.mail import budget
 from kagoflow.mail.context import RECORD_FIELDS, sample_contexts
 
 TEMPLATE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -33,6 +34,10 @@ PART_FILES: dict[str, tuple[str, str]] = {
     "html": ("html", "j2"),
 }
 DEVICES = ("pc", "smartphone", "mobile")
+RENDER_SECONDS = 1.0
+"""Time budget of one part's render (the shipped templates take well under a millisecond)."""
+MAX_OUTPUT_CHARS = 1_000_000
+"""Output limit of one part (and of any string built while rendering it)."""
 _LANG = re.compile(r"^[a-z]{2,3}$")
 
 
@@ -77,8 +82,9 @@ def _yen(value: Any) -> str:
     return f"{round(float(value)):,}円"
 
 
-class MailSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox with a fast path for the mail context records.
+class MailSandbox(budget.BudgetMixin, ImmutableSandboxedEnvironment):
+    """The immutable sandbox with a render budget (``kagoflow.mail.budget``) and a fast path for the mail
+    context records.
 
     The sandbox vets every attribute access (~3 µs each, ~50 per mail); the context records are frozen
     dataclasses whose fields are plain data, so a field of theirs is returned directly and everything
@@ -109,6 +115,7 @@ def make_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
         lstrip_blocks=True,
     )
     env.filters["yen"] = _yen
+    budget.install(env)
     return env
 
 
@@ -174,7 +181,7 @@ class MailTemplates:
             template = self._compiled.get(file)
             if template is None:
                 template = self._compiled[file] = self.env.get_template(file)
-            return template.render(context)
+            return budget.render_bounded(template, context, seconds=RENDER_SECONDS, max_chars=MAX_OUTPUT_CHARS)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(exc.name or file, exc.lineno, exc.message or "syntax error") from None
         except jinja2.TemplateNotFound as exc:
@@ -192,6 +199,11 @@ class MailTemplates:
             where, line = _line_in(exc, self.templates_dir)
             kind = "unsafe" if isinstance(exc, SecurityError) else type(exc).__name__
             raise TemplateError(where or file, line, f"{kind}: {exc}") from None
+        except (budget.BudgetExceeded, RecursionError, MemoryError) as exc:
+            where, line = _line_in(exc, self.templates_dir)
+            problem = str(exc) if isinstance(exc, budget.BudgetExceeded) else f"{type(exc).__name__}: {exc}"
+            del exc  # a MemoryError's traceback holds the frames (and their locals) that filled memory
+            raise TemplateError(where or file, line, problem) from None
 
     def check(self, names: Iterable[str]) -> None:
         """Compile and trial-render every file (all device variants) of every named template."""

@@ -7,7 +7,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from kagoflow.adapters.redis_store import LedgerEntry, RedisStore, Reservation, StoreUnavailable
+from kagoflow.adapters.redis_store import (
+    LedgerEntry,
+    LostReservation,
+    RedisStore,
+    Reservation,
+    StoreUnavailable,
+)
 from kagoflow.core.caps import CapLimits, CapRequest, InMemoryCapStore, cap_request
 from kagoflow.core.shoptime import from_local
 from kagoflow.settings import Settings
@@ -84,10 +90,20 @@ async def test_counters_expire_after_the_period_and_answers_later(redis_store: R
 
 async def test_ledger_reserve_confirm_and_replay(redis_store: RedisStore) -> None:
     first = await redis_store.reserve("m1|r|e1", member_id="m1", email="a@example.com", now_ms=1000)
-    assert first.reserved
+    assert first.reserved and first.resumed is None
+    # reserved, never transmitted (a crash before the end of DATA): a replay takes it over and sends
     again = await redis_store.reserve("m1|r|e1", member_id="m1", email="a@example.com", now_ms=2000)
-    assert not again.reserved and again.existing is not None and again.existing.state == "reserved"
-    assert again.existing.at_ms == 1000
+    assert again.reserved and again.resumed is not None and again.resumed.state == "reserved"
+    assert again.resumed.at_ms == 1000 and again.token != first.token
+    with pytest.raises(LostReservation):  # the first attempt may no longer transmit
+        await redis_store.mark_transmitting("m1|r|e1", token=first.token, now_ms=2500)
+    await redis_store.mark_transmitting("m1|r|e1", token=again.token, now_ms=2600)
+    assert await redis_store.state("m1|r|e1") == LedgerEntry("transmitting", 2600, again.token)
+    # transmitting: the outcome is unknown, so a replay only sees the entry
+    third = await redis_store.reserve("m1|r|e1", member_id="m1", email="a@example.com", now_ms=2700)
+    assert not third.reserved and third.existing == LedgerEntry("transmitting", 2600, again.token)
+    await redis_store.mark_transmitting("m1|r|e1", token=again.token, now_ms=2800, undo=True)
+    assert await redis_store.state("m1|r|e1") == LedgerEntry("reserved", 2800, again.token)
     await redis_store.confirm("m1|r|e1", now_ms=3000, detail="<id@x>")
     entry = await redis_store.state("m1|r|e1")
     assert entry is not None and (entry.state, entry.at_ms, entry.detail) == ("sent", 3000, "<id@x>")
@@ -114,7 +130,8 @@ async def test_reservations_of_one_turn_go_together_and_each_gets_its_own_answer
     )
     assert all(a.reserved for a in answers[:50])
     dup_first, dup_second, off, old = answers[50:]
-    assert dup_first.reserved and dup_second.existing == LedgerEntry("reserved", 11)
+    assert dup_first.reserved and dup_second.reserved
+    assert dup_second.resumed == LedgerEntry("reserved", 11, dup_first.token)
     assert off.suppressed == "unsubscribe" and await redis_store.state("off|r|e") is None
     assert old.existing == LedgerEntry("sent", 8, "<old@x>")
     # confirmations and new reservations of one turn share a write
@@ -122,12 +139,12 @@ async def test_reservations_of_one_turn_go_together_and_each_gets_its_own_answer
         *(redis_store.confirm(f"k{i}|r|e", now_ms=20, detail=f"<{i}@x>") for i in range(50)),
         redis_store.reserve("late|r|e", member_id="m-late", email="late@example.com", now_ms=21),
     )
-    assert late == Reservation(reserved=True)
+    assert late.reserved and late.resumed is None and late.token
     assert await redis_store.state("k7|r|e") == LedgerEntry("sent", 20, "<7@x>")
     assert 59 * 86400 < await redis_store.client.ttl(redis_store.prefix + "ledger:k7|r|e") <= 60 * 86400
 
 
-async def test_two_workers_racing_for_the_same_decisions_reserve_each_once(
+async def test_two_workers_racing_for_the_same_decisions_transmit_each_once(
     stack: Settings, redis_store: RedisStore
 ) -> None:
     other = RedisStore.from_url(stack.redis_url, prefix=redis_store.prefix)  # a second worker's connection
@@ -138,12 +155,20 @@ async def test_two_workers_racing_for_the_same_decisions_reserve_each_once(
             asyncio.gather(*(other.reserve(k, member_id="m", email="m@example.com", now_ms=2) for k in reversed(keys))),
         )
         theirs_by_key = list(reversed(theirs))
-        # each decision reserved by exactly one of the two; the other sees that reservation
-        assert all(a.reserved != b.reserved for a, b in zip(mine, theirs_by_key, strict=True))
-        assert all(
-            (a.existing or b.existing) == LedgerEntry("reserved", 2 if b.reserved else 1)
-            for a, b in zip(mine, theirs_by_key, strict=True)
+
+        async def marked(store: RedisStore, key: str, answer: Reservation) -> bool:
+            try:
+                await store.mark_transmitting(key, token=answer.token, now_ms=3)
+            except LostReservation:
+                return False
+            return True
+
+        outcomes = await asyncio.gather(
+            *(marked(redis_store, k, a) for k, a in zip(keys, mine, strict=True)),
+            *(marked(other, k, b) for k, b in zip(keys, theirs_by_key, strict=True)),
         )
+        # whoever reserved last owns the decision: exactly one of the two may write the end of DATA
+        assert all(a != b for a, b in zip(outcomes[:40], outcomes[40:], strict=True))
     finally:
         await other.close()
 

@@ -322,3 +322,33 @@ async def test_starttls_and_auth_then_pipelined_transactions(tls_files: tuple[Pa
         assert refused.value.code == 535
     finally:
         controller.stop()
+
+
+@pytest.mark.parametrize("advertised", [True, False], ids=["pipelining", "no-pipelining"])
+async def test_before_end_runs_before_the_end_of_data_is_out_and_its_failure_sends_nothing(
+    advertised: bool,
+) -> None:
+    handler = PipeliningSmtp(pipelining=advertised)
+    with smtp_server(handler) as controller:
+        pool = SmtpPool(host="127.0.0.1", port=controller.port, size=1)
+        calls: list[int] = []
+
+        async def record() -> None:
+            await asyncio.sleep(0.2)  # the server has said 354 and waits for the content: not a mail yet
+            calls.append(len(handler.received))
+
+        async def crash() -> None:
+            raise RuntimeError("the sender may not transmit")
+
+        reply = await pool.send(sender="shop@example.com", recipient="a@example.com", data=MESSAGE, before_end=record)
+        assert reply.startswith("250 ") and calls == [0] and handler.recipients() == ["a@example.com"]
+        # a second mail waits for the connection while the first one's hook fails: neither is half-sent
+        failing = pool.send(sender="shop@example.com", recipient="b@example.com", data=MESSAGE, before_end=crash)
+        waiting = pool.send(sender="shop@example.com", recipient="c@example.com", data=MESSAGE, before_end=record)
+        failed, ok = await asyncio.gather(failing, waiting, return_exceptions=True)
+        assert isinstance(failed, RuntimeError)
+        assert isinstance(ok, str) and ok.startswith("250 ")
+        await asyncio.sleep(0.2)
+        assert handler.recipients() == ["a@example.com", "c@example.com"]
+        assert {env.original_content for env in handler.received} == {MESSAGE}
+        await pool.close()

@@ -245,3 +245,59 @@ def test_price_rules_are_dispatched_to_the_price_parser(tmp_path: Path) -> None:
     )
     with pytest.raises(RuleError, match="duplicate"):
         load_rules(tmp_path)
+
+
+# -- hostile or careless rule files (issue 11) ---------------------------------------------------------
+def test_a_file_over_one_megabyte_is_refused(tmp_path: Path) -> None:
+    error = load_error(tmp_path, rule_text() + "# " + "x" * 1_000_000 + "\n")
+    assert "too large" in str(error)
+
+
+def test_a_key_given_twice_is_a_load_error_naming_the_key_and_both_lines(tmp_path: Path) -> None:
+    error = load_error(tmp_path, rule_text(template="cart") + "template: view\n")
+    assert "duplicate key 'template'" in str(error) and "line" in str(error)
+
+
+def test_billion_laughs_fails_fast_with_a_short_message(tmp_path: Path) -> None:
+    import time
+
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    text = rule_text() + "x-laughs:\n" + "".join(f"  {line}\n" for line in lines) + "coupon: *i\n"
+    started = time.monotonic()
+    error = load_error(tmp_path, text)
+    assert time.monotonic() - started < 2
+    assert "expands to more than" in str(error) and len(str(error)) < 500
+
+
+def test_an_error_message_shows_a_long_value_truncated(tmp_path: Path) -> None:
+    error = load_error(tmp_path, rule_text(trigger=["cart"] * 5000))
+    assert "trigger" in str(error) and len(str(error)) < 500
+
+
+def test_deep_nesting_is_a_load_error_not_a_crash(tmp_path: Path) -> None:
+    error = load_error(tmp_path, rule_text() + "filters: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested deeper than" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("coupon", "SAVE10\nBcc: victim@example.com", "single line"),
+        ("coupon", "SAVE\u2028TEN", "single line"),
+        ("coupon", "C" * 65, "too long"),
+        ("sender_name", "Shop\r\nX-Injected: 1", "single line"),
+        ("sender_name", "店" * 101, "too long"),
+    ],
+)
+def test_coupon_and_sender_name_are_one_bounded_line(tmp_path: Path, key: str, value: str, problem: str) -> None:
+    error = load_error(tmp_path, rule_text(**{key: value}))
+    assert error.key == key and problem in str(error)
+
+
+def test_shop_sender_name_is_one_bounded_line(tmp_path: Path) -> None:
+    write(tmp_path, "shop.yaml", "sender_name: \"Shop\\nBcc: x@example.com\"\n")
+    with pytest.raises(RuleError) as info:
+        load_rules(tmp_path)
+    assert info.value.key == "sender_name" and "single line" in str(info.value)

@@ -106,21 +106,57 @@ async def test_second_delivery_of_a_decision_is_a_duplicate_and_sends_nothing(
     await deliverer.close()
 
 
-async def test_reserved_but_never_confirmed_is_uncertain_and_not_resent(
+@pytest.mark.parametrize("transmitted", [False, True], ids=["reserved", "transmitting"])
+async def test_after_a_crash_reserved_is_resent_and_transmitting_is_uncertain(
+    stack: Settings,
+    redis_store: RedisStore,
+    scripted_smtp: tuple[ScriptedSmtp, Controller],
+    transmitted: bool,
+) -> None:
+    handler, controller = scripted_smtp
+    deliverer = _deliverer(mail_settings(stack), redis_store, MemorySink(), controller.port)
+    decision, profile = make_decision("m-crash"), make_profile("m-crash")
+    # A previous process reserved the send and died: before writing the end of DATA (e.g. while waiting for
+    # a connection), or between writing it and reading the reply.
+    earlier = await redis_store.reserve(decision.key, member_id="m-crash", email=profile.email, now_ms=1)
+    if transmitted:
+        await redis_store.mark_transmitting(decision.key, token=earlier.token, now_ms=2)
+    result = await deliverer.deliver(decision, profile=profile, products=make_products())
+    if transmitted:
+        assert result.status == "uncertain"
+        assert handler.recipients() == []
+        assert await redis_store.count_uncertain() == 1
+    else:
+        assert result.status == "delivered", result
+        assert result.message_id == message_id_for(decision.key, "example.com")  # as on the first try
+        assert handler.recipients() == [profile.email]
+        assert await redis_store.count_uncertain() == 0
+    assert deliverer.metrics["uncertain" if transmitted else "resumed"] == 1
+    await deliverer.close()
+
+
+async def test_the_ledger_says_transmitting_only_once_the_server_has_everything_but_the_end(
     stack: Settings,
     redis_store: RedisStore,
     scripted_smtp: tuple[ScriptedSmtp, Controller],
 ) -> None:
     handler, controller = scripted_smtp
     deliverer = _deliverer(mail_settings(stack), redis_store, MemorySink(), controller.port)
-    decision, profile = make_decision("m-crash"), make_profile("m-crash")
-    # A previous process reserved the send and crashed before confirming it.
-    await redis_store.reserve(decision.key, member_id="m-crash", email=profile.email, now_ms=1)
+    decision, profile = make_decision("m-mark"), make_profile("m-mark")
+    seen: list[tuple[str | None, int]] = []
+    mark = redis_store.mark_transmitting
+
+    async def spy(key: str, **kwargs: object) -> None:
+        before = await redis_store.state(key)
+        seen.append((before.state if before else None, len(handler.received)))
+        await mark(key, **kwargs)  # type: ignore[arg-type]
+
+    redis_store.mark_transmitting = spy  # type: ignore[method-assign]
     result = await deliverer.deliver(decision, profile=profile, products=make_products())
-    assert result.status == "uncertain"
-    assert handler.recipients() == []
-    assert await redis_store.count_uncertain() == 1
-    assert deliverer.metrics["uncertain"] == 1
+    assert result.status == "delivered"
+    assert seen == [("reserved", 0)]  # marked once, before the server could accept the mail
+    entry = await redis_store.state(decision.key)
+    assert entry is not None and entry.state == "sent"
     await deliverer.close()
 
 

@@ -154,3 +154,57 @@ def test_compose_links_every_product_through_signed_click_urls() -> None:
 def test_encode_header_keeps_plain_ascii() -> None:
     assert encode_header("Hello shop") == "Hello shop"
     assert encode_header("=?utf-8?q?fake?=").startswith("=?utf-8?b?")
+
+
+# -- folding, RFC 8058, DKIM (issue 11) ------------------------------------------------------------------
+def _head_lines(data: bytes) -> list[bytes]:
+    return data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def test_long_headers_are_folded_within_the_line_limits() -> None:
+    subject = " ".join(["sale"] * 400) + " " + "x" * 1500  # 3,500 characters, one word of 1,500
+    data = build_message(
+        RenderedMail(subject=subject, text="t", html="<p>h</p>"),
+        from_address="shop@example.com",
+        from_name="Shop " * 40,
+        to_address="member@example.com",
+        unsubscribe_url="https://track.example.com/u/" + "T" * 300,
+        unsubscribe_mailto="unsubscribe-with-a-long-local-part@example.com",
+        key="m1|cart-1h|e1",
+        sent_ms=1_700_000_000_000,
+    ).data
+    assert max(len(line) for line in _head_lines(data)) <= 998
+    long_lines = [line for line in _head_lines(data) if len(line) > 78]
+    assert len(long_lines) == 1 and b"T" * 300 in long_lines[0], long_lines  # only the 300-character URL
+    message = _parse(data)
+    assert message["Subject"] == subject
+    assert message["From"].addresses[0].display_name == ("Shop " * 40).strip()
+    assert message["List-Unsubscribe"] == (
+        f"<https://track.example.com/u/{'T' * 300}>, "
+        "<mailto:unsubscribe-with-a-long-local-part@example.com?subject=unsubscribe>"
+    )
+
+
+def test_an_http_unsubscribe_link_is_refused_outside_local_mode(stack_free_settings: Settings) -> None:
+    from dataclasses import replace
+
+    from kagoflow.mail.delivery import check_mail_settings
+
+    settings = replace(stack_free_settings, public_base_url="http://track.example.com")
+    with pytest.raises(MessageError, match="RFC 8058"):
+        _compose(settings)
+    with pytest.raises(ValueError, match="KAGOFLOW_PUBLIC_BASE_URL"):
+        check_mail_settings(settings)
+    local = replace(settings, local_mode=True)
+    check_mail_settings(local)
+    assert _parse(_compose(local).data)["List-Unsubscribe"].startswith("<http://track.example.com/u/")
+
+
+def _compose(settings: Settings):  # type: ignore[no-untyped-def]
+    return compose(make_decision("m-url"), profile=make_profile("m-url"), products=make_products(), settings=settings,
+                   templates=MailTemplates(settings.templates_dir), sent_ms=1_700_000_000_000)
+
+
+@pytest.fixture(name="stack_free_settings")
+def stack_free_settings_fixture() -> Settings:
+    return mail_settings(Settings())

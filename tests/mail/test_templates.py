@@ -137,3 +137,76 @@ def test_template_names_cannot_escape_the_directory() -> None:
     assert not templates.exists("../etc")
     assert not templates.exists("_partials")
     assert templates.exists("cart")
+
+
+# -- render budget (issue 11) ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}", "longer than 1s"),
+        ("{{ 'x' * 10**9 }}", "past 1,000,000 characters"),
+        ("{% set ns = namespace(s='xx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+         "past 1,000,000 characters"),
+        ("{% for i in range(99999) %}{{ 'y' * 50 }}{% endfor %}", "output over 1,000,000 characters"),
+        ("{{ 'x'|center(10**9) }}", "width of 1000000000"),
+        ("{{ 2 ** 100000000 }}", "exponent 100000000"),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+    ],
+    ids=["loop", "repeat", "doubling", "output", "filter-width", "power", "recursion"],
+)
+def test_a_template_over_its_budget_fails_the_check_naming_file_and_line(
+    tmp_path: Path, body: str, problem: str
+) -> None:
+    import time
+
+    templates_dir = _template_dir(tmp_path, "greedy", html_dot_j2="<p>hello</p>\n\n" + body + "\n")
+    started = time.monotonic()
+    with pytest.raises(TemplateError) as info:
+        check_templates(templates_dir, ["greedy"])
+    assert time.monotonic() - started < 10
+    assert str(info.value).startswith("templates/greedy/html.j2:3: "), str(info.value)
+    assert problem in str(info.value)
+
+
+def test_memory_error_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    def exhaust(value: object) -> str:
+        raise MemoryError("simulated")
+
+    templates = MailTemplates(_template_dir(tmp_path, "hungry", subject_dot_txt="hi\n{{ 1|exhaust }}\n"))
+    templates.env.filters["exhaust"] = exhaust
+    with pytest.raises(TemplateError, match=r"^templates/hungry/subject.txt:2: MemoryError: simulated"):
+        templates.render("hungry", device="pc", context=sample_contexts("pc")[0])
+
+
+async def test_a_slow_template_fails_its_mail_without_stalling_the_event_loop(tmp_path: Path) -> None:
+    import asyncio
+    import time
+    from dataclasses import replace
+
+    from kagoflow.mail.delivery import Deliverer
+    from kagoflow.mail.engagement import MemorySink
+    from kagoflow.settings import Settings
+    from tests.mail.helpers import mail_settings, make_decision, make_products, make_profile
+
+    loop_body = "{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}"
+    templates_dir = _template_dir(tmp_path, "cart", text_dot_j2="hello\n" + loop_body + "\n")
+    settings = replace(mail_settings(Settings()), templates_dir=templates_dir)
+    deliverer = Deliverer(settings, store=None, sink=MemorySink())  # type: ignore[arg-type]  # never reached
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    result = await deliverer.deliver(make_decision("m-slow"), profile=make_profile("m-slow"),
+                                     products=make_products())
+    ticking.cancel()
+    assert result.status == "failed"
+    assert result.detail.startswith("build: templates/cart/text.j2:2: render took longer than 1s")
+    assert len(gaps) > 20 and max(gaps) < 0.5, max(gaps)
+    await deliverer.close()
