@@ -44,6 +44,8 @@ class Settings:
     """Native-protocol TCP port."""
     clickhouse_http_port: int = 18123
     clickhouse_database: str = "kagoflow"
+    shop_timezone: str = "Asia/Tokyo"
+    """Time zone of the shop's days in the archive's views and the console's reports (IANA name)."""
     archive_batch_rows: int = 20000
     """An archive batch is inserted when it holds this many rows ..."""
     archive_batch_seconds: float = 2.0
@@ -107,6 +109,22 @@ class Settings:
     min_delay_seconds: int = 15 * 60
     """Floor of abandonment delays; lower it only for demos (``KAGOFLOW_MIN_DELAY_SECONDS``)."""
     log_level: str = "info"
+    local_mode: bool = False
+    """Local development/demo: allows the default secrets and plain-HTTP console cookies. Never in production."""
+    # -- Operator console (``kagoflow console``) -------------------------------------------------
+    console_host: str = "127.0.0.1"
+    console_port: int = 16070
+    console_users: tuple[str, ...] = ()
+    """Staff logins, comma-separated ``name:scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>`` entries
+    (``kagoflow console hash-password`` prints one)."""
+    console_session_secret: str = "change-me-in-production"
+    """Key that signs console session cookies (also CSRF tokens); must be changed outside local mode."""
+    console_session_minutes: int = 480
+    """A session expires this long after login."""
+    operator_api_url: str = "http://127.0.0.1:16066"
+    """Base URL of the worker's operator API (live member state); the console reads it over HTTP."""
+    operator_token: str = ""
+    """Bearer token for the operator API (sent by the console when set)."""
 
     def __post_init__(self) -> None:
         for name in ("partitions", "state_buckets", "state_cache_mb"):
