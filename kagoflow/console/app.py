@@ -27,6 +27,9 @@ HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "kf_session"
 PRE_COOKIE = "kf_pre"
 _PUBLIC = ("/login", "/static/")
+SESSION = web.RequestKey("session", Session)
+PRE = web.RequestKey("pre", str)
+PRE_NEW = web.RequestKey("pre_new", bool)
 
 
 class ConfigError(Exception):
@@ -48,13 +51,13 @@ class Console:
                                         undefined=jinja2.StrictUndefined)
 
     def render(self, request: web.Request, name: str, status: int = 200, **values: Any) -> web.Response:
-        session: Session | None = request.get("session")
-        csrf = self.signer.csrf_token(session) if session else self.pre_token(request.get("pre", ""))
+        session: Session | None = request.get(SESSION)
+        csrf = self.signer.csrf_token(session) if session else self.pre_token(request.get(PRE, ""))
         html = self.jinja.get_template(name).render(user=session.user if session else None, csrf=csrf,
                                                     path=request.path, **values)
         response = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
-        if "pre_new" in request:
-            self.set_cookie(response, PRE_COOKIE, request["pre"], max_age=3600)
+        if PRE_NEW in request:
+            self.set_cookie(response, PRE_COOKIE, request[PRE], max_age=3600)
         return response
 
     def pre_token(self, pre: str) -> str:
@@ -89,19 +92,19 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     console: Console = request.app[CTX]
     session = console.signer.check(request.cookies.get(SESSION_COOKIE))
     if session is not None and session.user in console.users:
-        request["session"] = session
+        request[SESSION] = session
     pre = request.cookies.get(PRE_COOKIE, "")
     if len(pre) < 16:
         pre = secrets.token_urlsafe(18)
-        request["pre_new"] = True
-    request["pre"] = pre
-    if not request.path.startswith(_PUBLIC) and "session" not in request:
+        request[PRE_NEW] = True
+    request[PRE] = pre
+    if not request.path.startswith(_PUBLIC) and SESSION not in request:
         if request.path.startswith("/api/"):
             return web.json_response({"error": "login required"}, status=401)
         raise web.HTTPFound("/login")
     if request.method == "POST" and request.path != "/login":
         form = await request.post()
-        if not console.signer.check_csrf(request["session"], str(form.get("csrf", ""))):
+        if not console.signer.check_csrf(request[SESSION], str(form.get("csrf", ""))):
             return web.Response(status=403, text="CSRF token missing or invalid")
     response: web.StreamResponse = await handler(request)
     response.headers.setdefault("Content-Security-Policy",
@@ -120,7 +123,7 @@ async def login_page(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     console: Console = request.app[CTX]
     form = await request.post()
-    if request.get("pre_new") or not hmac.compare_digest(console.pre_token(request["pre"]),
+    if request.get(PRE_NEW) or not hmac.compare_digest(console.pre_token(request[PRE]),
                                                           str(form.get("csrf", ""))):
         return web.Response(status=403, text="CSRF token missing or invalid")
     user = str(form.get("user", ""))[:100]

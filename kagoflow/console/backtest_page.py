@@ -132,6 +132,7 @@ async def run_job(job: Job, rules: RuleSet, records: list[Record]) -> None:
 
 
 JOBS = web.AppKey("backtest_jobs", dict)
+TASKS = web.AppKey("backtest_tasks", set)
 
 
 async def page(request: web.Request) -> web.Response:
@@ -179,7 +180,10 @@ async def start(request: web.Request) -> web.Response:
         finally:
             job.done = True
 
-    request.app.setdefault("_tasks", set()).add(asyncio.ensure_future(work()))
+    tasks: set[asyncio.Future[None]] = request.app[TASKS]
+    task = asyncio.ensure_future(work())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
     raise web.HTTPFound(f"/backtest/{job_id}")
 
 
@@ -212,6 +216,7 @@ async def show(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     app[JOBS] = {}
+    app[TASKS] = set()
     app.router.add_get("/backtest", page)
     app.router.add_post("/backtest", start)
     app.router.add_get("/backtest/{job}", show)

@@ -58,8 +58,9 @@ def set_enabled(settings: Settings, rule_id: str, enabled: bool) -> Path:
         (trial / path.name).write_text(new, encoding="utf-8")
         try:
             load_ruleset(settings, trial)
-        except RuleError as exc:  # report the real file, not the trial copy
-            raise RuleError(str(path), exc.key, exc.value, exc.problem) from None
+        except RuleError as exc:  # name the real file, not the trial copy
+            file = exc.file.replace(str(trial), str(settings.rules_dir), 1)
+            raise RuleError(file, exc.key, exc.value, exc.problem) from None
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(new)
