@@ -50,7 +50,7 @@ def test_unknown_rule_or_a_directory_that_would_not_load_is_refused_and_nothing_
     bad = settings.rules_dir / "broken.yaml"
     bad.write_text("id: broken\nkind: abandonment\ntrigger: cart\nsend: {after: 1h}\ntemplate: cart\nfoo: 1\n")
     before = (settings.rules_dir / "cart-1h.yaml").read_text()
-    with pytest.raises(RuleError, match="broken.yaml"):
+    with pytest.raises(RuleError, match=r"broken\.yaml"):
         rules_admin.set_enabled(settings, "cart-1h", False)
     assert (settings.rules_dir / "cart-1h.yaml").read_text() == before
     rules, error = rules_admin.rule_files(settings)
