@@ -165,8 +165,7 @@ ANY LEFT JOIN
         ) AS c
         ALL INNER JOIN
         (
-            SELECT member_id, purchase_id, purchased_ms, amount FROM {archive.table('v_report_purchases')}
-            WHERE member_id IN (SELECT member_id FROM {clicks} WHERE {click_filter})
+            {_purchases(archive, f"SELECT member_id FROM {clicks} WHERE {click_filter}")}
         ) AS p
         USING member_id
         WHERE purchased_ms >= click_ms AND purchased_ms <= click_ms + 172800000
@@ -184,6 +183,20 @@ def _finals() -> str:
     columns = ("step", "variant", *(f"{s}_ms" for s in _STATUSES), "delivered", "bounced", "opened", "clicked",
                "opened_incl_bots", "clicked_incl_bots", "unsubscribed")
     return ", ".join(f"finalizeAggregation({c}) AS {c}" for c in columns)
+
+
+def _purchases(archive: ArchiveReader, members_sql: str) -> str:
+    """``v_report_purchases`` for the members ``members_sql`` selects, with the filter on the sorting key
+    (18.16 does not push a filter into a view's GROUP BY)."""
+    return f"""SELECT member_id, purchase_id, purchased_ms, if(order_ok, amount, 0) AS amount
+            FROM (
+                SELECT member_id, purchase_id, minMerge(purchased_ms) AS purchased_ms,
+                       argMaxMerge(order_amount) AS amount,
+                       maxMerge(has_order) = 1 AND argMaxMerge(order_status) NOT IN ('cancelled', 'canceled')
+                           AS order_ok, maxMerge(has_beacon) AS beacon
+                FROM {archive.table('report_purchases')} WHERE member_id IN ({members_sql})
+                GROUP BY member_id, purchase_id
+            ) WHERE order_ok OR beacon = 1"""
 
 
 def rule_mails(archive: ArchiveReader, *, rule_id: str, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
@@ -206,9 +219,8 @@ FROM
 ) AS m
 ANY LEFT JOIN
 (
-    SELECT member_id, groupArray(purchased_ms) AS purchases FROM {archive.table('v_report_purchases')}
-    WHERE member_id IN (
-        SELECT finalizeAggregation(member_id) FROM {mails} FINAL WHERE rule_id = %(rule_id)s)
+    SELECT member_id, groupArray(purchased_ms) AS purchases
+    FROM ({_purchases(archive, f"SELECT finalizeAggregation(member_id) FROM {mails} WHERE rule_id = %(rule_id)s")})
     GROUP BY member_id
 ) AS p
 USING member_id"""
