@@ -262,6 +262,14 @@ def test_staff_walks_every_page(console: tuple[str, Settings], page: Any, tmp_pa
     assert shown == _cli_backtest(settings, tmp_path, lo=data.T0 - 25 * data.HOUR, hi=data.T0 + 23 * data.HOUR)
     assert shown  # the story's cart of m1 makes at least one decision
 
+    # a phone: every page fits 390 px (wide tables scroll inside their own box)
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/", "/rules", "/search", "/members/m1", "/send-list?day=2024-03-01", "/scenarios",
+                 "/reports?since=2024-03-01&until=2024-03-01", "/backtest"):
+        page.goto(url + path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+    page.screenshot(path=str(shot.with_name("console-phone.png")))
+
     page.click("form[action='/logout'] button")
     page.goto(url + "/reports")
     assert page.url == url + "/login"
