@@ -33,7 +33,18 @@ from tests.archive import analytics_data as data
 from tests.archive import report_data
 
 pytestmark = pytest.mark.integration
-CHROMIUM = shutil.which("chromium")
+
+
+def _chromium() -> str:
+    """Debian chromium, installed through the project's script when missing (apt-get, about a minute)."""
+    path = shutil.which("chromium")
+    if path is None:
+        subprocess.run([sys.executable, str(PROJECT_ROOT / "infra" / "stacklib" / "browser.py")], check=True,
+                       timeout=900)
+        path = shutil.which("chromium")
+    assert path is not None, "chromium not installed"
+    return path
+
 PASSWORD = "browser-pass-1"
 
 
@@ -74,8 +85,6 @@ class ServerThread:
 
 @pytest.fixture
 def console(stack: Settings, unique_name: Callable[[str], str], tmp_path: Path) -> Iterator[tuple[str, Settings]]:
-    if CHROMIUM is None:
-        pytest.skip("chromium not installed: python infra/stacklib/browser.py installs it")
     database = unique_name("console")
     archive = ClickHouseArchive(host=stack.clickhouse_host, port=stack.clickhouse_port, database=database)
     archive.ensure_schema()
@@ -103,7 +112,7 @@ def page(console: tuple[str, Settings]) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"], headless=True)
         context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
         yield context.new_page()
         browser.close()
