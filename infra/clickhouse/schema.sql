@@ -238,9 +238,12 @@ USING member_id;
 
 
 -- ==== Reports (issue 15): pre-aggregated so report pages do not scan raw tables ==========================
--- Materialized views feed AggregatingMergeTree tables with idempotent states only (min / max / any), so a
+-- Materialized views feed AggregatingMergeTree tables with idempotent states only (min / max / argMax), so a
 -- replayed row (archiver crash, worker re-deciding at another moment) changes no number: max(1, 1) = 1,
 -- min(first at, later at) = first at. Sums and counts are taken at read time over FINAL (merged) rows.
+-- The views are created once (IF NOT EXISTS: re-creating them would drop rows inserted meanwhile); rows archived
+-- before they existed are backfilled by `infra/stack provision` (stacklib.provision.backfill_reports), which
+-- may run while the archiver inserts: a row counted twice changes nothing, for the same reason.
 
 -- One row per mail (rule, decision key): the first moment of each status and the engagement flags.
 -- 9223372036854775807 = "never" for the *_ms minima.
@@ -268,8 +271,7 @@ CREATE TABLE IF NOT EXISTS kagoflow.report_mails
 ENGINE = AggregatingMergeTree()
 ORDER BY (rule_id, decision_key);
 
-DROP TABLE IF EXISTS kagoflow.mv_report_mails_decisions;
-CREATE MATERIALIZED VIEW kagoflow.mv_report_mails_decisions TO kagoflow.report_mails AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_mails_decisions TO kagoflow.report_mails AS
 SELECT
     rule_id,
     decision_key,
@@ -293,8 +295,7 @@ FROM kagoflow.mail_decisions
 GROUP BY rule_id, decision_key;
 
 -- Opens and clicks flagged suspected_bot count only in the *_incl_bots flags; a human click implies an open.
-DROP TABLE IF EXISTS kagoflow.mv_report_mails_engagement;
-CREATE MATERIALIZED VIEW kagoflow.mv_report_mails_engagement TO kagoflow.report_mails AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_mails_engagement TO kagoflow.report_mails AS
 SELECT
     rule_id,
     decision_key,
@@ -329,8 +330,7 @@ CREATE TABLE IF NOT EXISTS kagoflow.report_clicks
 ENGINE = ReplacingMergeTree()
 ORDER BY (member_id, at_ms, decision_key);
 
-DROP TABLE IF EXISTS kagoflow.mv_report_clicks;
-CREATE MATERIALIZED VIEW kagoflow.mv_report_clicks TO kagoflow.report_clicks AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_clicks TO kagoflow.report_clicks AS
 SELECT member_id, at_ms, decision_key, rule_id
 FROM kagoflow.engagement
 WHERE event = 'click' AND suspected_bot = 0;
@@ -351,8 +351,7 @@ ENGINE = AggregatingMergeTree()
 PARTITION BY toYYYYMM(day)
 ORDER BY (product, day, action, member_id);
 
-DROP TABLE IF EXISTS kagoflow.mv_report_member_actions;
-CREATE MATERIALIZED VIEW kagoflow.mv_report_member_actions TO kagoflow.report_member_actions AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_member_actions TO kagoflow.report_member_actions AS
 SELECT
     acted AS product,
     toDate(toDateTime(intDiv(ts_ms, 1000), 'UTC'), 'Asia/Tokyo') AS day,
@@ -409,8 +408,7 @@ CREATE TABLE IF NOT EXISTS kagoflow.report_purchases
 ENGINE = AggregatingMergeTree()
 ORDER BY (member_id, purchase_id);
 
-DROP TABLE IF EXISTS kagoflow.mv_report_purchases_orders;
-CREATE MATERIALIZED VIEW kagoflow.mv_report_purchases_orders TO kagoflow.report_purchases AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_purchases_orders TO kagoflow.report_purchases AS
 SELECT
     member_id,
     order_id AS purchase_id,
@@ -423,8 +421,7 @@ SELECT
 FROM kagoflow.orders
 GROUP BY member_id, order_id;
 
-DROP TABLE IF EXISTS kagoflow.mv_report_purchases_beacons;
-CREATE MATERIALIZED VIEW kagoflow.mv_report_purchases_beacons TO kagoflow.report_purchases AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_purchases_beacons TO kagoflow.report_purchases AS
 SELECT
     member_id,
     if(order_id = '', event_id, order_id) AS purchase_id,

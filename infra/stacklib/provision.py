@@ -7,12 +7,17 @@ where they are (``infra/stack provision``).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kagoflow.settings import Settings
 from stacklib.layout import INFRA_DIR
 from stacklib.procs import StackError
+
+if TYPE_CHECKING:
+    from kagoflow.adapters.clickhouse import ClickHouseArchive
 
 SCHEMA_FILE = INFRA_DIR / "clickhouse" / "schema.sql"
 
@@ -71,6 +76,7 @@ def apply_schema(settings: Settings, *, schema: Path = SCHEMA_FILE, timeout: flo
         while True:
             try:
                 archive.ensure_schema()
+                backfill_reports(archive)
                 break
             except ArchiveUnavailable as exc:
                 if time.monotonic() > deadline:
@@ -83,3 +89,30 @@ def apply_schema(settings: Settings, *, schema: Path = SCHEMA_FILE, timeout: flo
         archive.close()
     return len(schema_statements(schema.read_text(encoding="utf-8"), database=settings.clickhouse_database,
                                  timezone=settings.shop_timezone))
+
+
+_MATERIALIZED = re.compile(r"CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+)\.(\w+) TO (\w+\.\w+) AS\s+(SELECT.*)",
+                           re.DOTALL)
+_SOURCE = re.compile(r"\bFROM (\w+\.\w+)\s*(?:\n|$|ARRAY|WHERE|GROUP)")
+
+
+def backfill_reports(archive: ClickHouseArchive) -> list[str]:
+    """Fill each report table that is still empty from the raw rows archived before its materialized view
+    existed (the view's own SELECT over the whole source table). Safe while the archiver inserts: report
+    tables hold idempotent states, so a row that reaches them twice changes nothing. Returns the views run."""
+    from kagoflow.adapters.clickhouse import schema_statements
+
+    views = []
+    for statement in schema_statements(archive.schema_path.read_text(encoding="utf-8"), database=archive.database,
+                                       timezone=archive.timezone):
+        match = _MATERIALIZED.match(statement)
+        source = _SOURCE.search(match.group(4)) if match else None
+        if match is not None and source is not None:
+            views.append((match.group(2), match.group(3), source.group(1), match.group(4)))
+    empty = {target for _, target, _, _ in views if not archive.query(f"SELECT count() FROM {target}")[0][0]}
+    done = []
+    for name, target, source_table, select in views:  # decided before any runs: two views may share a target
+        if target in empty and archive.query(f"SELECT count() FROM {source_table}")[0][0]:
+            archive.query(f"INSERT INTO {target} {select}")
+            done.append(name)
+    return done

@@ -95,3 +95,21 @@ def test_provision_puts_every_table_in_the_configured_database(stack: Settings,
     finally:
         archive.query(f"DROP DATABASE IF EXISTS {name}")
         archive.close()
+
+
+def test_report_tables_are_backfilled_from_rows_archived_before_them(archive: ClickHouseArchive) -> None:
+    sys.path.insert(0, str(PROJECT_ROOT / "infra"))
+    from stacklib.provision import backfill_reports
+
+    before = queries.mail_report(archive)
+    search = queries.member_search(archive, product_id="P9", since=data.DAY, until=report_data.DAY2)
+    tables = ("report_mails", "report_clicks", "report_purchases", "report_member_actions")
+    for table in tables:
+        archive.query(f"TRUNCATE TABLE {archive.table(table)}")
+    assert queries.mail_report(archive) == []
+    assert sorted(backfill_reports(archive)) == sorted([
+        "mv_report_mails_decisions", "mv_report_mails_engagement", "mv_report_clicks", "mv_report_member_actions",
+        "mv_report_purchases_orders", "mv_report_purchases_beacons"])
+    assert queries.mail_report(archive) == before
+    assert queries.member_search(archive, product_id="P9", since=data.DAY, until=report_data.DAY2) == search
+    assert backfill_reports(archive) == []  # tables filled: nothing runs again
