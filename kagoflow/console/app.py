@@ -28,6 +28,7 @@ SESSION_COOKIE = "kf_session"
 PRE_COOKIE = "kf_pre"
 _PUBLIC = ("/login", "/static/")
 SESSION = web.RequestKey("session", Session)
+_DUMMY_HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 PRE = web.RequestKey("pre", str)
 PRE_NEW = web.RequestKey("pre_new", bool)
 
@@ -134,7 +135,8 @@ async def login(request: web.Request) -> web.Response:
         return console.render(request, "login.html", status=429,
                               error="ログイン試行が多すぎます。しばらくしてから再度お試しください。")
     encoded = console.users.get(user)
-    if encoded is None or not verify_password(password, encoded):
+    # an unknown name costs the same scrypt run as a wrong password (no user enumeration by timing)
+    if not verify_password(password, encoded or _DUMMY_HASH) or encoded is None:
         console.limiter.failed(*keys)
         return console.render(request, "login.html", status=401, error="ユーザー名またはパスワードが違います。")
     response = web.HTTPFound("/")

@@ -30,6 +30,8 @@ from kagoflow.loading import load_ruleset
 
 _KIND_ORDER = {"members": 0, "catalog": 1, "orders": 2, "beacons": 3}
 MAX_JOBS = 20
+MAX_RECORDS = 2_000_000
+"""A backtest holds its records and decisions in the console's memory: bounded."""
 
 
 @dataclass
@@ -91,6 +93,10 @@ def load_records(archive: ArchiveReader, since: date, until: date, timezone: str
 
     lo = day_start_ms(since, timezone)
     hi = day_start_ms(until + timedelta(days=1), timezone)
+    count = sum(int(archive.query(f"SELECT count() FROM ({sql})")[0][0]) for sql in _queries(archive, lo, hi).values())
+    if count > MAX_RECORDS:
+        raise ValueError(f"period too large: {count:,} recorded records (at most {MAX_RECORDS:,}); choose fewer days "
+                         f"or run `kagoflow backtest` on exported files")
     keyed = []
     for kind, sql in _queries(archive, lo, hi).items():
         parse = _parser(kind)
