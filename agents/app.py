@@ -155,6 +155,16 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         for partition in range(settings.partitions):
             await ticks.send(value=value, partition=partition)
 
+    if processor is not None:  # one-process mode; the engine process runs its own reloader
+        from kagoflow.worker.rules_reload import RulesReloader, swap_rules
+
+        reloader = RulesReloader(settings.rules_dir, lambda: load_ruleset(settings),
+                                 lambda rules: swap_rules(processor, rules))
+
+        @app.timer(2.0)
+        async def reload_rules() -> None:
+            reloader.check()
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == names.beacons}

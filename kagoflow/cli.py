@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--to", required=True, help="recipient address")
 
+    console = sub.add_parser("console", help="run the staff web console (KAGOFLOW_CONSOLE_HOST:PORT)")
+    console_sub = console.add_subparsers(dest="console_command", metavar="SUBCOMMAND")
+    console_sub.add_parser("hash-password", help="read a password, print a KAGOFLOW_CONSOLE_USERS hash")
+
     demo = sub.add_parser("demo", help="produce the sample data set to Kafka (used by infra/demo)")
     demo.add_argument("--members", type=int, default=8, help="number of sample members")
     demo.add_argument("--watch", type=Path, help="print the mails arriving in this folder (the SMTP sink's)")
@@ -113,6 +117,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                                     html_out=args.html)
         return commands.test_send(settings, rules_dir=rules_dir, rule_id=args.rule, member_id=args.member,
                                   to=args.to)
+    if args.command == "console":
+        from kagoflow.console import cli as console_cli
+
+        return console_cli.main(settings, args.console_command)
     if args.command == "demo":
         from kagoflow.demo import produce_sample
 

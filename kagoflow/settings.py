@@ -47,6 +47,8 @@ class Settings:
     """Native-protocol TCP port."""
     clickhouse_http_port: int = 18123
     clickhouse_database: str = "kagoflow"
+    shop_timezone: str = "Asia/Tokyo"
+    """Time zone of the shop's days in the archive's views and the console's reports (IANA name)."""
     archive_batch_rows: int = 20000
     """An archive batch is inserted when it holds this many rows ..."""
     archive_batch_seconds: float = 2.0
@@ -91,7 +93,8 @@ class Settings:
     """Click redirects only go to https URLs (http too in ``local_mode``) on exactly these hosts."""
     local_mode: bool = False
     """The local stack, the demo and the tests: accepts the default / short tracking secret, a short operator
-    token, http click targets and an http ``public_base_url`` (unsubscribe link). Never set it in production."""
+    token, http click targets, an http ``public_base_url`` (unsubscribe link), the default console session secret
+    and non-Secure console cookies. Never set it in production."""
     # -- Worker ----------------------------------------------------------------------------------
     web_port: int = 16066
     """Public server (tracking links and ``/health`` only): what mail recipients reach."""
@@ -131,6 +134,19 @@ class Settings:
     min_delay_seconds: int = 15 * 60
     """Floor of abandonment delays; lower it only for demos (``KAGOFLOW_MIN_DELAY_SECONDS``)."""
     log_level: str = "info"
+    # -- Operator console (``kagoflow console``) -------------------------------------------------
+    console_host: str = "127.0.0.1"
+    console_port: int = 16070
+    console_users: tuple[str, ...] = ()
+    """Staff logins, comma-separated ``name:scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>`` entries
+    (``kagoflow console hash-password`` prints one)."""
+    console_session_secret: str = "change-me-in-production"
+    """Key that signs console session cookies (also CSRF tokens); must be changed outside local mode."""
+    console_session_minutes: int = 480
+    """A session expires this long after login."""
+    operator_api_url: str = ""
+    """Base URL of a worker's operator API (live member state, metrics) as the console reaches it, with
+    ``operator_token``; empty = this machine's operator server (``operator_url`` / ``operator_port``)."""
 
     def __post_init__(self) -> None:
         for name in ("partitions", "state_buckets", "state_cache_mb"):

@@ -9,7 +9,8 @@
 -- every partition key derives from the record's own time, so a replayed row lands in the same partition
 -- and collapses with its twin. Merges collapse eventually; the v_* views read with FINAL and are exact now.
 -- Times: *_ms columns are the exact epoch milliseconds; DateTime columns (UTC) are derived from them.
--- Analytics days are shop-local days in Asia/Tokyo (the SPEC default shop time zone).
+-- Analytics days are shop-local days: 'Asia/Tokyo' below is replaced by KAGOFLOW_SHOP_TIMEZONE when applied,
+-- and `kagoflow` by KAGOFLOW_CLICKHOUSE_DATABASE (kagoflow.adapters.clickhouse.schema_statements).
 -- Statements are separated by a semicolon at the end of a line (kagoflow.adapters.clickhouse splits there).
 
 CREATE DATABASE IF NOT EXISTS kagoflow;
@@ -275,34 +276,261 @@ SELECT
 FROM kagoflow.engagement FINAL
 GROUP BY decision_key;
 
+-- Daily send list: who got what (sent mails, shop-local day), with the member's latest e-mail address.
+DROP TABLE IF EXISTS kagoflow.v_daily_send_list;
+CREATE VIEW kagoflow.v_daily_send_list AS
+SELECT day, at, member_id, email, rule_id, kind, step, variant, template, products, coupon, decision_key
+FROM
+(
+    SELECT toDate(at, 'Asia/Tokyo') AS day, at, member_id, rule_id, kind, step, variant, template, products,
+           coupon, decision_key
+    FROM kagoflow.mail_decisions FINAL
+    WHERE status = 'sent'
+) AS sent_mails
+ANY LEFT JOIN
+(
+    SELECT member_id, argMax(email, ts_ms) AS email
+    FROM kagoflow.members FINAL
+    GROUP BY member_id
+) AS profiles
+USING member_id;
+
+
+-- ==== Reports (issue 15): pre-aggregated so report pages do not scan raw tables ==========================
+-- Materialized views feed AggregatingMergeTree tables with idempotent states only (min / max / argMax), so a
+-- replayed row (archiver crash, worker re-deciding at another moment) changes no number: max(1, 1) = 1,
+-- min(first at, later at) = first at. Sums and counts are taken at read time over FINAL (merged) rows.
+-- The views are created once (IF NOT EXISTS: re-creating them would drop rows inserted meanwhile); rows archived
+-- before they existed are backfilled by `infra/stack provision` (stacklib.provision.backfill_reports), which
+-- may run while the archiver inserts: a row counted twice changes nothing, for the same reason.
+
+-- One row per mail (rule, decision key): the first moment of each status and the engagement flags.
+-- 9223372036854775807 = "never" for the *_ms minima.
+CREATE TABLE IF NOT EXISTS kagoflow.report_mails
+(
+    rule_id String,
+    decision_key String,
+    member_id AggregateFunction(max, String),
+    step AggregateFunction(max, UInt8),
+    variant AggregateFunction(max, String),
+    coupon AggregateFunction(max, String),
+    sent_ms AggregateFunction(min, Int64),
+    capped_ms AggregateFunction(min, Int64),
+    suppressed_ms AggregateFunction(min, Int64),
+    skipped_ms AggregateFunction(min, Int64),
+    held_out_ms AggregateFunction(min, Int64),
+    delivered AggregateFunction(max, UInt8),
+    bounced AggregateFunction(max, UInt8),
+    opened AggregateFunction(max, UInt8),
+    clicked AggregateFunction(max, UInt8),
+    opened_incl_bots AggregateFunction(max, UInt8),
+    clicked_incl_bots AggregateFunction(max, UInt8),
+    unsubscribed AggregateFunction(max, UInt8)
+)
+ENGINE = AggregatingMergeTree()
+ORDER BY (rule_id, decision_key);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_mails_decisions TO kagoflow.report_mails AS
+SELECT
+    rule_id,
+    decision_key,
+    maxState(member_id) AS member_id,
+    maxState(step) AS step,
+    maxState(variant) AS variant,
+    maxState(coupon) AS coupon,
+    minState(if(status = 'sent', at_ms, toInt64(9223372036854775807))) AS sent_ms,
+    minState(if(status = 'capped', at_ms, toInt64(9223372036854775807))) AS capped_ms,
+    minState(if(status = 'suppressed', at_ms, toInt64(9223372036854775807))) AS suppressed_ms,
+    minState(if(status = 'skipped', at_ms, toInt64(9223372036854775807))) AS skipped_ms,
+    minState(if(status = 'held_out', at_ms, toInt64(9223372036854775807))) AS held_out_ms,
+    maxState(toUInt8(0)) AS delivered,
+    maxState(toUInt8(0)) AS bounced,
+    maxState(toUInt8(0)) AS opened,
+    maxState(toUInt8(0)) AS clicked,
+    maxState(toUInt8(0)) AS opened_incl_bots,
+    maxState(toUInt8(0)) AS clicked_incl_bots,
+    maxState(toUInt8(0)) AS unsubscribed
+FROM kagoflow.mail_decisions
+GROUP BY rule_id, decision_key;
+
+-- Opens and clicks flagged suspected_bot count only in the *_incl_bots flags; a human click implies an open.
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_mails_engagement TO kagoflow.report_mails AS
+SELECT
+    rule_id,
+    decision_key,
+    maxState(member_id) AS member_id,
+    maxState(toUInt8(0)) AS step,
+    maxState('') AS variant,
+    maxState('') AS coupon,
+    minState(toInt64(9223372036854775807)) AS sent_ms,
+    minState(toInt64(9223372036854775807)) AS capped_ms,
+    minState(toInt64(9223372036854775807)) AS suppressed_ms,
+    minState(toInt64(9223372036854775807)) AS skipped_ms,
+    minState(toInt64(9223372036854775807)) AS held_out_ms,
+    maxState(toUInt8(event = 'delivered')) AS delivered,
+    maxState(toUInt8(event = 'bounced' OR event = 'failed')) AS bounced,
+    maxState(toUInt8((event = 'open' OR event = 'click') AND suspected_bot = 0)) AS opened,
+    maxState(toUInt8(event = 'click' AND suspected_bot = 0)) AS clicked,
+    maxState(toUInt8(event = 'open' OR event = 'click')) AS opened_incl_bots,
+    maxState(toUInt8(event = 'click')) AS clicked_incl_bots,
+    maxState(toUInt8(event = 'unsubscribe')) AS unsubscribed
+FROM kagoflow.engagement
+GROUP BY rule_id, decision_key;
+
+-- Human clicks by member and time, for last-click attribution (ReplacingMergeTree: a replayed click
+-- collapses with its twin; FINAL reads are exact).
+CREATE TABLE IF NOT EXISTS kagoflow.report_clicks
+(
+    member_id String,
+    at_ms Int64,
+    decision_key String,
+    rule_id String
+)
+ENGINE = ReplacingMergeTree()
+ORDER BY (member_id, at_ms, decision_key);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_clicks TO kagoflow.report_clicks AS
+SELECT member_id, at_ms, decision_key, rule_id
+FROM kagoflow.engagement
+WHERE event = 'click' AND suspected_bot = 0;
+
+-- Member search (seed 000 §2): per product, shop-local day, action and member, the first and last action time.
+-- (`product`, not product_id: an alias may not shadow a source column on 18.16.)
+-- Actions: cart (cart_add), favorite (favorite_add), view, purchase (each listed product of a purchase).
+CREATE TABLE IF NOT EXISTS kagoflow.report_member_actions
+(
+    product String,
+    day Date,
+    action String,
+    member_id String,
+    first_ms AggregateFunction(min, Int64),
+    last_ms AggregateFunction(max, Int64)
+)
+ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM(day)
+ORDER BY (product, day, action, member_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_member_actions TO kagoflow.report_member_actions AS
+SELECT
+    acted AS product,
+    toDate(toDateTime(intDiv(ts_ms, 1000), 'UTC'), 'Asia/Tokyo') AS day,
+    transform(type, ['cart_add', 'favorite_add', 'view', 'purchase'], ['cart', 'favorite', 'view', 'purchase'], '')
+        AS action,
+    member_id,
+    minState(ts_ms) AS first_ms,
+    maxState(ts_ms) AS last_ms
+FROM kagoflow.beacons
+ARRAY JOIN arrayFilter(x -> x != '', arrayPushFront(product_ids, product_id)) AS acted
+WHERE type IN ('cart_add', 'favorite_add', 'view', 'purchase')
+GROUP BY acted, day, action, member_id;
+
+-- SPEC §8 / §14 report: per rule / step / variant / shop-local day of the decision (its first moment of
+-- that status). open/click rate = mails opened/clicked by a human ÷ sent; conversion rate = attributed
+-- purchases ÷ unique clicks; revenue per mail = attributed revenue ÷ sent. Reads the per-mail table.
+DROP TABLE IF EXISTS kagoflow.v_report_mails;
+CREATE VIEW kagoflow.v_report_mails AS
+SELECT
+    rule_id,
+    decision_key,
+    maxMerge(member_id) AS member_id,
+    maxMerge(step) AS step,
+    maxMerge(variant) AS variant,
+    maxMerge(coupon) AS coupon,
+    minMerge(sent_ms) AS sent_ms,
+    minMerge(capped_ms) AS capped_ms,
+    minMerge(suppressed_ms) AS suppressed_ms,
+    minMerge(skipped_ms) AS skipped_ms,
+    minMerge(held_out_ms) AS held_out_ms,
+    maxMerge(delivered) AS delivered,
+    maxMerge(bounced) AS bounced,
+    maxMerge(opened) AS opened,
+    maxMerge(clicked) AS clicked,
+    maxMerge(opened_incl_bots) AS opened_incl_bots,
+    maxMerge(clicked_incl_bots) AS clicked_incl_bots,
+    maxMerge(unsubscribed) AS unsubscribed
+FROM kagoflow.report_mails
+GROUP BY rule_id, decision_key;
+
+-- Purchases by member (as v_purchases, pre-aggregated): an order (latest status not cancelled; amount =
+-- total, else Σ quantity × price) or a purchase beacon (its order_id, else its event_id); a beacon and an
+-- order with the same order id are one purchase. argMax by the record's own time is replay-safe.
+CREATE TABLE IF NOT EXISTS kagoflow.report_purchases
+(
+    member_id String,
+    purchase_id String,
+    purchased_ms AggregateFunction(min, Int64),
+    order_amount AggregateFunction(argMax, Float64, Int64),
+    order_status AggregateFunction(argMax, String, Int64),
+    has_order AggregateFunction(max, UInt8),
+    has_beacon AggregateFunction(max, UInt8)
+)
+ENGINE = AggregatingMergeTree()
+ORDER BY (member_id, purchase_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_purchases_orders TO kagoflow.report_purchases AS
+SELECT
+    member_id,
+    order_id AS purchase_id,
+    minState(toInt64(toUInt32(ordered_at)) * 1000) AS purchased_ms,
+    argMaxState(ifNull(total, arraySum(arrayMap((q, p) -> q * p, item_quantities, item_prices))), ts_ms)
+        AS order_amount,
+    argMaxState(status, ts_ms) AS order_status,
+    maxState(toUInt8(1)) AS has_order,
+    maxState(toUInt8(0)) AS has_beacon
+FROM kagoflow.orders
+GROUP BY member_id, order_id;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_purchases_beacons TO kagoflow.report_purchases AS
+SELECT
+    member_id,
+    if(order_id = '', event_id, order_id) AS purchase_id,
+    minState(ts_ms) AS purchased_ms,
+    argMaxState(toFloat64(0), toInt64(-9223372036854775807)) AS order_amount,
+    argMaxState('', toInt64(-9223372036854775807)) AS order_status,
+    maxState(toUInt8(0)) AS has_order,
+    maxState(toUInt8(1)) AS has_beacon
+FROM kagoflow.beacons
+WHERE type = 'purchase'
+GROUP BY member_id, purchase_id;
+
+DROP TABLE IF EXISTS kagoflow.v_report_purchases;
+CREATE VIEW kagoflow.v_report_purchases AS
+SELECT member_id, purchase_id, purchased_ms, if(order_ok, amount, 0) AS amount
+FROM
+(
+    SELECT member_id, purchase_id, minMerge(purchased_ms) AS purchased_ms,
+           argMaxMerge(order_amount) AS amount,
+           maxMerge(has_order) = 1 AND argMaxMerge(order_status) NOT IN ('cancelled', 'canceled') AS order_ok,
+           maxMerge(has_beacon) AS beacon
+    FROM kagoflow.report_purchases
+    GROUP BY member_id, purchase_id
+)
+WHERE order_ok OR beacon = 1;
+
 -- Conversions, last-click attribution: each purchase is credited to the mail whose (human) click came
--- latest before it, within 2 days (172800 s); a purchase is never counted twice.
+-- latest before it, within 2 days (172800000 ms); a purchase is never counted twice.
 DROP TABLE IF EXISTS kagoflow.v_mail_conversions;
 CREATE VIEW kagoflow.v_mail_conversions AS
 SELECT decision_key, count() AS conversions, sum(amount) AS revenue
 FROM
 (
-    SELECT purchase_id, argMax(decision_key, click_at) AS decision_key, any(amount) AS amount
+    SELECT purchase_id, argMax(decision_key, click_ms) AS decision_key, any(amount) AS amount
     FROM
     (
-        SELECT member_id, decision_key, at AS click_at
-        FROM kagoflow.engagement FINAL
-        WHERE event = 'click' AND suspected_bot = 0
+        SELECT member_id, decision_key, at_ms AS click_ms
+        FROM kagoflow.report_clicks FINAL
     ) AS clicks
     ALL INNER JOIN
     (
-        SELECT member_id, purchase_id, purchased_at, amount
-        FROM kagoflow.v_purchases
+        SELECT member_id, purchase_id, purchased_ms, amount
+        FROM kagoflow.v_report_purchases
     ) AS purchases
     USING member_id
-    WHERE purchased_at >= click_at AND purchased_at <= click_at + 172800
+    WHERE purchased_ms >= click_ms AND purchased_ms <= click_ms + 172800000
     GROUP BY purchase_id
 )
 GROUP BY decision_key;
 
--- SPEC §8 report: per rule / step / variant / shop-local day of the decision.
--- open/click rate = mails opened/clicked by a human ÷ sent; conversion rate = attributed purchases ÷ unique
--- clicks; revenue per mail = attributed revenue ÷ sent.
 DROP TABLE IF EXISTS kagoflow.v_mail_report;
 CREATE VIEW kagoflow.v_mail_report AS
 SELECT
@@ -326,27 +554,22 @@ SELECT
     if(sent > 0, opened / sent, 0) AS open_rate,
     if(sent > 0, clicked / sent, 0) AS click_rate,
     if(clicked > 0, conversions / clicked, 0) AS conversion_rate,
-    if(sent > 0, revenue / sent, 0) AS revenue_per_mail
+    if(sent > 0, revenue / sent, 0) AS revenue_per_mail,
+    countIf(status = 'held_out') AS held_out
 FROM
 (
-    SELECT rule_id, step, variant, day, status, delivered, bounced, opened, clicked, opened_incl_bots,
-           clicked_incl_bots, unsubscribed, conversions, revenue
+    SELECT rule_id, step, variant, toDate(toDateTime(intDiv(first_ms, 1000), 'UTC'), 'Asia/Tokyo') AS day,
+           status, delivered, bounced, opened, clicked, opened_incl_bots, clicked_incl_bots, unsubscribed,
+           conversions, revenue
     FROM
     (
-        SELECT decision_key, rule_id, step, variant, day, status, delivered, bounced, opened, clicked,
-               opened_incl_bots, clicked_incl_bots, unsubscribed
-        FROM
-        (
-            SELECT decision_key, rule_id, step, variant, toDate(at, 'Asia/Tokyo') AS day, status
-            FROM kagoflow.mail_decisions FINAL
-        ) AS decisions
-        ANY LEFT JOIN
-        (
-            SELECT decision_key, delivered, bounced, opened, clicked, opened_incl_bots, clicked_incl_bots,
-                   unsubscribed
-            FROM kagoflow.v_mail_engagement
-        ) AS engaged
-        USING decision_key
+        SELECT rule_id, decision_key, step, variant, delivered, bounced, opened, clicked, opened_incl_bots,
+               clicked_incl_bots, unsubscribed,
+               tupleElement(first, 1) AS status, tupleElement(first, 2) AS first_ms
+        FROM kagoflow.v_report_mails
+        ARRAY JOIN [('sent', sent_ms), ('capped', capped_ms), ('suppressed', suppressed_ms),
+                    ('skipped', skipped_ms), ('held_out', held_out_ms)] AS first
+        WHERE tupleElement(first, 2) < 9223372036854775807
     ) AS mails
     ANY LEFT JOIN
     (
@@ -356,22 +579,3 @@ FROM
     USING decision_key
 )
 GROUP BY rule_id, step, variant, day;
-
--- Daily send list: who got what (sent mails, shop-local day), with the member's latest e-mail address.
-DROP TABLE IF EXISTS kagoflow.v_daily_send_list;
-CREATE VIEW kagoflow.v_daily_send_list AS
-SELECT day, at, member_id, email, rule_id, kind, step, variant, template, products, coupon, decision_key
-FROM
-(
-    SELECT toDate(at, 'Asia/Tokyo') AS day, at, member_id, rule_id, kind, step, variant, template, products,
-           coupon, decision_key
-    FROM kagoflow.mail_decisions FINAL
-    WHERE status = 'sent'
-) AS sent_mails
-ANY LEFT JOIN
-(
-    SELECT member_id, argMax(email, ts_ms) AS email
-    FROM kagoflow.members FINAL
-    GROUP BY member_id
-) AS profiles
-USING member_id;

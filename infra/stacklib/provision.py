@@ -7,12 +7,17 @@ where they are (``infra/stack provision``).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kagoflow.settings import Settings
 from stacklib.layout import INFRA_DIR
 from stacklib.procs import StackError
+
+if TYPE_CHECKING:
+    from kagoflow.adapters.clickhouse import ClickHouseArchive
 
 SCHEMA_FILE = INFRA_DIR / "clickhouse" / "schema.sql"
 
@@ -55,70 +60,59 @@ async def _ensure_topics(bootstrap: str, names: tuple[str, ...], partitions: int
         raise StackError(str(exc)) from None
 
 
-def split_sql(text: str) -> list[str]:
-    """Statements of a SQL file: ``;``-separated, ``--`` comments dropped, quotes respected."""
-    statements: list[str] = []
-    current: list[str] = []
-    quote = ""
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            current.append(ch)
-            if ch == "\\" and i + 1 < len(text):
-                current.append(text[i + 1])
-                i += 1
-            elif ch == quote:
-                quote = ""
-        elif ch in "'`\"":
-            quote = ch
-            current.append(ch)
-        elif text.startswith("--", i):
-            end = text.find("\n", i)
-            i = len(text) if end < 0 else end
-            continue
-        elif ch == ";":
-            statements.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    statements.append("".join(current))
-    return [s.strip() for s in statements if s.strip()]
-
-
 def apply_schema(settings: Settings, *, schema: Path = SCHEMA_FILE, timeout: float = 60.0) -> int:
-    """Create the archive database and run ``schema.sql`` (idempotent statements); returns the count run."""
-    from clickhouse_driver import Client
-    from clickhouse_driver.errors import NetworkError
+    """Create the archive database and run ``schema.sql`` in it (``KAGOFLOW_CLICKHOUSE_DATABASE``, shop
+    time zone ``KAGOFLOW_SHOP_TIMEZONE``; idempotent statements, missing columns added); returns the
+    number of statements."""
+    from kagoflow.adapters.clickhouse import ArchiveUnavailable, ClickHouseArchive, schema_statements
 
-    deadline = time.monotonic() + timeout
-    while True:
-        admin = Client(host=settings.clickhouse_host, port=settings.clickhouse_port, connect_timeout=5)
-        try:
-            admin.execute(f"CREATE DATABASE IF NOT EXISTS `{settings.clickhouse_database}`")
-            break
-        except (NetworkError, OSError, EOFError) as exc:
-            if time.monotonic() > deadline:
-                raise StackError(f"clickhouse: cannot reach {settings.clickhouse_host}:"
-                                 f"{settings.clickhouse_port}: {exc}") from None
-            time.sleep(0.5)
-        finally:
-            admin.disconnect()
     if not schema.is_file():
         return 0
-    client = Client(host=settings.clickhouse_host, port=settings.clickhouse_port,
-                    database=settings.clickhouse_database, connect_timeout=5)
-    count = 0
+    deadline = time.monotonic() + timeout
+    archive = ClickHouseArchive(host=settings.clickhouse_host, port=settings.clickhouse_port,
+                                database=settings.clickhouse_database, timezone=settings.shop_timezone,
+                                schema_path=schema, connect_timeout=5)
     try:
-        for statement in split_sql(schema.read_text()):
+        while True:
             try:
-                client.execute(statement)
-            except Exception as exc:  # the driver's errors share no useful base class
-                first = statement.splitlines()[0][:100]
-                raise StackError(f"clickhouse: {schema} statement {count + 1} ({first}) failed: {exc}") \
-                    from None
-            count += 1
+                archive.ensure_schema()
+                backfill_reports(archive)
+                break
+            except ArchiveUnavailable as exc:
+                if time.monotonic() > deadline:
+                    raise StackError(f"clickhouse: cannot reach {settings.clickhouse_host}:"
+                                     f"{settings.clickhouse_port}: {exc}") from None
+                time.sleep(0.5)
+            except Exception as exc:  # ArchiveError: a statement failed
+                raise StackError(f"clickhouse: {schema}: {exc}") from None
     finally:
-        client.disconnect()
-    return count
+        archive.close()
+    return len(schema_statements(schema.read_text(encoding="utf-8"), database=settings.clickhouse_database,
+                                 timezone=settings.shop_timezone))
+
+
+_MATERIALIZED = re.compile(r"CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+)\.(\w+) TO (\w+\.\w+) AS\s+(SELECT.*)",
+                           re.DOTALL)
+_SOURCE = re.compile(r"\bFROM (\w+\.\w+)\s*(?:\n|$|ARRAY|WHERE|GROUP)")
+
+
+def backfill_reports(archive: ClickHouseArchive) -> list[str]:
+    """Fill each report table that is still empty from the raw rows archived before its materialized view
+    existed (the view's own SELECT over the whole source table). Safe while the archiver inserts: report
+    tables hold idempotent states, so a row that reaches them twice changes nothing. Returns the views run."""
+    from kagoflow.adapters.clickhouse import schema_statements
+
+    views = []
+    for statement in schema_statements(archive.schema_path.read_text(encoding="utf-8"), database=archive.database,
+                                       timezone=archive.timezone):
+        match = _MATERIALIZED.match(statement)
+        source = _SOURCE.search(match.group(4)) if match else None
+        if match is not None and source is not None:
+            views.append((match.group(2), match.group(3), source.group(1), match.group(4)))
+    empty = {target for _, target, _, _ in views if not archive.query(f"SELECT count() FROM {target}")[0][0]}
+    done = []
+    for name, target, source_table, select in views:  # decided before any runs: two views may share a target
+        if target in empty and archive.query(f"SELECT count() FROM {source_table}")[0][0]:
+            archive.query(f"INSERT INTO {target} {select}")
+            done.append(name)
+    return done

@@ -24,6 +24,9 @@ from kagoflow.settings import PROJECT_ROOT, Settings
 SCHEMA_PATH = PROJECT_ROOT / "infra" / "clickhouse" / "schema.sql"
 _SCHEMA_DATABASE = "kagoflow"
 """The database name written in schema.sql; replaced by the configured one when applied."""
+_SCHEMA_TIMEZONE = "'Asia/Tokyo'"
+"""The shop time zone literal written in schema.sql; replaced by ``KAGOFLOW_SHOP_TIMEZONE`` when applied."""
+_TIMEZONE = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MISSING_OBJECT_CODES = frozenset({errors.ErrorCodes.UNKNOWN_TABLE, errors.ErrorCodes.UNKNOWN_DATABASE})
 
@@ -49,13 +52,16 @@ class ArchiveRowError(ArchiveError):
     """The driver could not encode the rows for their columns: retrying the same rows never helps."""
 
 
-def schema_statements(sql: str, *, database: str = _SCHEMA_DATABASE) -> list[str]:
+def schema_statements(sql: str, *, database: str = _SCHEMA_DATABASE, timezone: str = "Asia/Tokyo") -> list[str]:
     """Split schema.sql into statements (a ``;`` ends a line), drop ``--`` comment lines, and put the
-    configured database name in place of ``kagoflow``."""
+    configured database name in place of ``kagoflow`` and the shop time zone in place of ``'Asia/Tokyo'``."""
     if not _IDENTIFIER.fullmatch(database):
         raise ValueError(f"clickhouse database: not an identifier: {database!r}")
+    if not _TIMEZONE.fullmatch(timezone):
+        raise ValueError(f"shop time zone: not a time zone name: {timezone!r}")
     lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
     text = re.sub(rf"\b{_SCHEMA_DATABASE}\b", database, "\n".join(lines))
+    text = text.replace(_SCHEMA_TIMEZONE, f"'{timezone}'")
     return [stmt.strip() for stmt in re.split(r";\s*$", text, flags=re.MULTILINE) if stmt.strip()]
 
 
@@ -83,11 +89,13 @@ class ClickHouseArchive:
         connect_timeout: float = 2.0,
         send_receive_timeout: float = 60.0,
         schema_path: Path = SCHEMA_PATH,
+        timezone: str = "Asia/Tokyo",
     ) -> None:
         if not _IDENTIFIER.fullmatch(database):
             raise ValueError(f"clickhouse database: not an identifier: {database!r}")
         self.database = database
         self.schema_path = schema_path
+        self.timezone = timezone
         # No default database on the connection: the database may not exist before ensure_schema().
         self._client = Client(
             host=host,
@@ -101,7 +109,7 @@ class ClickHouseArchive:
     @classmethod
     def from_settings(cls, settings: Settings) -> ClickHouseArchive:
         return cls(host=settings.clickhouse_host, port=settings.clickhouse_port,
-                   database=settings.clickhouse_database)
+                   database=settings.clickhouse_database, timezone=settings.shop_timezone)
 
     def table(self, name: str) -> str:
         """``database.name`` for SQL text (names are identifiers, checked)."""
@@ -118,7 +126,7 @@ class ClickHouseArchive:
         ``ADD COLUMN IF NOT EXISTS``), before the views that read them are created."""
         sql = self.schema_path.read_text(encoding="utf-8")
         migrated = False
-        for statement in schema_statements(sql, database=self.database):
+        for statement in schema_statements(sql, database=self.database, timezone=self.timezone):
             if not migrated and not statement.startswith(("CREATE DATABASE", "CREATE TABLE")):
                 self._add_missing_columns(sql)
                 migrated = True

@@ -185,6 +185,11 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
         archiver = Archiver(settings)
         await archiver.start()
         archiving = asyncio.ensure_future(archiver.run())
+    from kagoflow.worker.rules_reload import RulesReloader, swap_rules
+
+    reloader = RulesReloader(settings.rules_dir, lambda: load_ruleset(settings),
+                             lambda rules: swap_rules(processor, rules))
+    reloading = asyncio.ensure_future(reloader.run())
     try:
         await catalog.caught_up.wait()
         engine = EngineServer(processor, table, member_topics(names), writer, archiver=archiver)
@@ -192,6 +197,7 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
         await engine.run(reader)
         log.info("member engine: the worker closed the pipe after %d records; exiting", engine.seq)
     finally:
+        reloading.cancel()
         if archiver is not None:
             await archiver.stop()  # flushes the pending batch and leaves the group at once
             await archiving

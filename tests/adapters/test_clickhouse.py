@@ -18,10 +18,13 @@ from kagoflow.adapters.clickhouse import (
 from kagoflow.archive.rows import COLUMNS
 from kagoflow.settings import Settings
 
-TABLES = {"beacons", "members", "catalog", "orders", "mail_decisions", "engagement", "coupons_issued"}
+TABLES = {"beacons", "members", "catalog", "orders", "mail_decisions", "engagement", "coupons_issued",
+          "report_mails", "report_clicks", "report_member_actions", "report_purchases"}
 VIEWS = {"v_beacons", "v_members", "v_catalog", "v_orders", "v_mail_decisions", "v_engagement", "v_purchases",
-         "v_mail_engagement", "v_mail_conversions", "v_mail_report", "v_daily_send_list",
-         "v_coupons_issued", "v_coupon_redemptions", "v_coupon_report"}
+         "v_mail_engagement", "v_mail_conversions", "v_mail_report", "v_daily_send_list", "v_report_mails",
+         "v_report_purchases", "v_coupons_issued", "v_coupon_redemptions", "v_coupon_report"}
+MATERIALIZED = {"mv_report_mails_decisions", "mv_report_mails_engagement", "mv_report_clicks",
+                "mv_report_member_actions", "mv_report_purchases_orders", "mv_report_purchases_beacons"}
 
 
 def test_schema_statements_split_strip_comments_and_rename_database() -> None:
@@ -75,7 +78,7 @@ def test_ensure_schema_is_idempotent(archive: ClickHouseArchive) -> None:
     archive.ensure_schema()  # re-creates views, keeps data
     names = {r[0] for r in archive.query("SELECT name FROM system.tables WHERE database = %(db)s",
                                          {"db": archive.database})}
-    assert names == TABLES | VIEWS
+    assert names == TABLES | VIEWS | MATERIALIZED
     assert archive.query(f"SELECT event_id FROM {archive.table('v_beacons')}") == [("e1",)]
 
 

@@ -1,0 +1,115 @@
+"""Issue 15 report tables on the stack's ClickHouse (18.16): member search, held-out mails, the provisioned
+database name and shop time zone, and replay safety of the materialized views."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from kagoflow.adapters.clickhouse import ClickHouseArchive
+from kagoflow.archive import queries
+from kagoflow.archive.rows import COLUMNS
+from kagoflow.settings import PROJECT_ROOT, Settings
+from tests.archive import analytics_data as data
+from tests.archive import report_data
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def archive(stack: Settings, unique_name: Callable[[str], str]) -> Iterator[ClickHouseArchive]:
+    archive = ClickHouseArchive(host=stack.clickhouse_host, port=stack.clickhouse_port,
+                                database=unique_name("reports"))
+    archive.ensure_schema()
+    for source in (data.rows(), report_data.rows()):
+        for table, rows in source.items():
+            half = len(rows) // 2
+            archive.insert(table, COLUMNS[table], rows[:half])
+            archive.insert(table, COLUMNS[table], rows[half:])
+    try:
+        yield archive
+    finally:
+        archive.query(f"DROP DATABASE IF EXISTS {archive.database}")
+        archive.close()
+
+
+def test_member_search_by_product_period_action_and_top_priority(archive: ClickHouseArchive) -> None:
+    report_data.check_search(lambda **kw: queries.member_search(archive, **kw))
+    with pytest.raises(ValueError, match="top_only"):
+        queries.member_search(archive, product_id="P9", since=data.DAY, until=data.DAY, top_only=True)
+
+
+def test_held_out_mails_and_their_purchases(archive: ClickHouseArchive) -> None:
+    report = queries.mail_report(archive)
+    data.check_report([r for r in report if r["rule_id"] != "hold"])
+    mails = queries.rule_mails(archive, rule_id="hold", since_ms=data.T0 - 1, until_ms=data.T0 + 1)
+    report_data.check_holdout(report, mails)
+
+
+def test_replaying_every_row_again_changes_no_report_number(archive: ClickHouseArchive) -> None:
+    before = queries.mail_report(archive)
+    sends = queries.daily_send_list(archive, day=data.DAY)
+    for table, rows in data.rows().items():
+        archive.insert(table, COLUMNS[table], rows)
+    assert queries.mail_report(archive) == before
+    assert queries.daily_send_list(archive, day=data.DAY) == sends
+    archive.query(f"OPTIMIZE TABLE {archive.table('report_mails')} FINAL")
+    assert queries.mail_report(archive) == before
+
+
+def test_shop_time_zone_moves_the_days(stack: Settings, unique_name: Callable[[str], str]) -> None:
+    archive = ClickHouseArchive(host=stack.clickhouse_host, port=stack.clickhouse_port,
+                                database=unique_name("tz"), timezone="America/New_York")
+    archive.ensure_schema()
+    try:
+        archive.insert("mail_decisions", COLUMNS["mail_decisions"], [data.decision(data.K1, "sent", data.T0)])
+        # T0 = 2024-02-29T16:00Z: 1 March in Tokyo, 29 February in New York
+        assert [str(r["day"]) for r in queries.mail_report(archive, timezone="America/New_York")] == ["2024-02-29"]
+        assert [str(r[0]) for r in archive.query(f"SELECT day FROM {archive.table('v_mail_report')}")] == \
+            ["2024-02-29"]
+        assert [str(r["day"]) for r in queries.daily_send_list(
+            archive, day=data.DAY.replace(day=29, month=2), timezone="America/New_York")] == ["2024-02-29"]
+    finally:
+        archive.query(f"DROP DATABASE IF EXISTS {archive.database}")
+        archive.close()
+
+
+def test_provision_puts_every_table_in_the_configured_database(stack: Settings,
+                                                               unique_name: Callable[[str], str]) -> None:
+    sys.path.insert(0, str(PROJECT_ROOT / "infra"))
+    from stacklib.provision import apply_schema
+
+    name = unique_name("provision")
+    settings = Settings.from_env({**os.environ, "KAGOFLOW_CLICKHOUSE_DATABASE": name})
+    archive = ClickHouseArchive(host=stack.clickhouse_host, port=stack.clickhouse_port, database=name)
+    try:
+        assert apply_schema(settings) > 20
+        tables = {r[0] for r in archive.query("SELECT name FROM system.tables WHERE database = %(d)s", {"d": name})}
+        assert {"beacons", "mail_decisions", "report_mails", "v_mail_report", "v_daily_send_list"} <= tables
+        create = archive.query("SELECT create_table_query FROM system.tables WHERE database = %(d)s "
+                               "AND name = 'v_mail_report'", {"d": name})
+        assert "kagoflow." not in create[0][0]
+    finally:
+        archive.query(f"DROP DATABASE IF EXISTS {name}")
+        archive.close()
+
+
+def test_report_tables_are_backfilled_from_rows_archived_before_them(archive: ClickHouseArchive) -> None:
+    sys.path.insert(0, str(PROJECT_ROOT / "infra"))
+    from stacklib.provision import backfill_reports
+
+    before = queries.mail_report(archive)
+    search = queries.member_search(archive, product_id="P9", since=data.DAY, until=report_data.DAY2)
+    tables = ("report_mails", "report_clicks", "report_purchases", "report_member_actions")
+    for table in tables:
+        archive.query(f"TRUNCATE TABLE {archive.table(table)}")
+    assert queries.mail_report(archive) == []
+    assert sorted(backfill_reports(archive)) == sorted([
+        "mv_report_mails_decisions", "mv_report_mails_engagement", "mv_report_clicks", "mv_report_member_actions",
+        "mv_report_purchases_orders", "mv_report_purchases_beacons"])
+    assert queries.mail_report(archive) == before
+    assert queries.member_search(archive, product_id="P9", since=data.DAY, until=report_data.DAY2) == search
+    assert backfill_reports(archive) == []  # tables filled: nothing runs again
