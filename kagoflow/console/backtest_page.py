@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import secrets
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -114,14 +114,7 @@ def load_records(archive: ArchiveReader, since: date, until: date, timezone: str
 
 def only(rules: RuleSet, chosen: list[str]) -> RuleSet:
     """The rule set with just the chosen rules, each switched on (a backtest is how one tries a disabled rule)."""
-    keep = set(chosen)
-    abandonment = [_enabled(r) for r in rules.abandonment if r.id in keep]
-    price = [_enabled(r) for r in rules.price if r.id in keep]
-    return replace(rules, abandonment=abandonment, price=price, by_id={r.id: r for r in [*abandonment, *price]})
-
-
-def _enabled(rule: Any) -> Any:
-    return rule if rule.enabled else replace(rule, enabled=True)
+    return rules.only(set(chosen))
 
 
 async def run_job(job: Job, rules: RuleSet, records: list[Record]) -> None:

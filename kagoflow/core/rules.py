@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -92,6 +92,19 @@ class RuleSet:
             if measurement is not None:
                 names.update(measurement.templates)
         return names
+
+    def only(self, ids: set[str]) -> RuleSet:
+        """The rules ``ids`` alone, each switched on, of every kind (a backtest of chosen rules; it is how an
+        operator tries a disabled rule)."""
+
+        def chosen(rules: list[Any]) -> list[Any]:
+            return [rule if rule.enabled else replace(rule, enabled=True) for rule in rules if rule.id in ids]
+
+        abandonment, price = chosen(self.abandonment), chosen(self.price)
+        scenarios, customer = chosen(self.scenarios), chosen(self.customer)
+        by_id = {rule.id: rule for rule in [*abandonment, *price, *scenarios, *customer]}
+        return replace(self, abandonment=abandonment, price=price, scenarios=scenarios, customer=customer,
+                       by_id={rid: by_id[rid] for rid in self.by_id if rid in by_id})
 
     def describe(self) -> list[str]:
         """One human line per rule (a scenario: one more per step), in file-name order."""

@@ -301,3 +301,13 @@ def test_shop_sender_name_is_one_bounded_line(tmp_path: Path) -> None:
     with pytest.raises(RuleError) as info:
         load_rules(tmp_path)
     assert info.value.key == "sender_name" and "single line" in str(info.value)
+
+
+def test_only_keeps_the_chosen_rules_of_every_kind_switched_on() -> None:
+    rules = load_rules(PROJECT_ROOT / "rules")
+    chosen = {"cart-1h", "follow", "winback-60", "price-drop"}
+    sub = rules.only(chosen)
+    assert set(sub.by_id) == chosen
+    assert [r.id for r in sub.abandonment] == ["cart-1h"] and [r.id for r in sub.scenarios] == ["follow"]
+    assert [r.id for r in sub.customer] == ["winback-60"] and [r.id for r in sub.price] == ["price-drop"]
+    assert all(rule.enabled for rule in sub.by_id.values())
