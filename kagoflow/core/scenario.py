@@ -112,7 +112,7 @@ class ScenarioProgram:
         run = state.runs.get("a")
         if run is not None:
             run.pop("c", None)
-            rule = self.rules.get(run["s"])
+            rule = self._rule(run)
             if rule is None:
                 out.append(self._finish(state, run, None, "ended", "rule_removed", ts))
             else:
@@ -132,7 +132,7 @@ class ScenarioProgram:
         cached = run.get("c")
         if cached is not None and cached[1] == self.tag:
             return cast("int | None", cached[0])
-        rule = self.rules.get(run["s"])
+        rule = self._rule(run)
         if rule is None:
             return None
         due = self._next(state, run, rule)[0]
@@ -145,7 +145,7 @@ class ScenarioProgram:
             run: Run | None = state.runs.get("a") if state.runs else None
             if run is None:
                 break
-            rule = self.rules.get(run["s"])
+            rule = self._rule(run)
             if rule is None:
                 break
             self._settle(state, run, rule, now_ms, out)
@@ -157,6 +157,12 @@ class ScenarioProgram:
             run.pop("c", None)
             self._act(state, run, rule, action, due, now_ms, out)
         return out
+
+    def _rule(self, run: Run) -> ScenarioRule | None:
+        """The run's rule, or None when it is gone, disabled or no longer has the run's step (rules reloaded):
+        such a run ends (``rule_removed``) at the member's next record."""
+        rule = self.rules.get(run["s"])
+        return rule if rule is not None and run["k"] <= len(rule.steps) else None
 
     # -- timing -----------------------------------------------------------------------------------------
     def _anchor(self, state: MemberState, run: Run, anchor: str) -> int | None:
@@ -186,7 +192,12 @@ class ScenarioProgram:
         step = rule.steps[k - 1]
         if j and step.repeat is not None and j < step.repeat.times:
             return self._from(step, run["p"]), "send"
-        upcoming = step if not j else rule.steps[k]  # j == K with `then: end`: step k+1's due ends the run
+        if not j:
+            upcoming = step
+        elif k < len(rule.steps):
+            upcoming = rule.steps[k]  # j == K with `then: end`: step k+1's due ends the run
+        else:  # only after the rule lost steps: the settle before acting finishes the run
+            return run["p"], "exhausted"
         anchor = self._anchor(state, run, upcoming.anchor)
         if anchor is None:
             return run["t"] + rule.anchor_wait_ms, "anchor_missing"

@@ -25,7 +25,7 @@ from tests.agents.worker_proc import WorkerProcess, produce_sync
 
 pytestmark = pytest.mark.integration
 
-REPEAT_S = 12
+REPEAT_S = 15
 """Delay of the repeated step 2 and of step 3 (long enough to open a mail in between)."""
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0"
 
@@ -101,7 +101,7 @@ def test_step_mails_opens_purchases_unsubscribes_and_backtest_parity(worker: Wor
     produced = list(records)
 
     # thank-you mails at once
-    wait_until(lambda: all(subjects_of(domain, m) for m in (seq, opener, buyer, unsub)), timeout=40,
+    wait_until(lambda: all(subjects_of(domain, m) for m in (seq, opener, buyer, unsub)), timeout=90,
                what="the thank-you mails", worker=worker)
     assert all("ご注文ありがとうございます" in subjects_of(domain, m)[0] for m in (seq, opener, buyer))
     thanks = next(m for m in mails_to(domain) if recipient(m) == seq)
@@ -127,7 +127,7 @@ def test_step_mails_opens_purchases_unsubscribes_and_backtest_parity(worker: Wor
     def first_shipped() -> Any:
         return next((m for m in mails_to(domain) if recipient(m) == opener and "発送" in str(m["Subject"])), None)
 
-    shipped = wait_until(first_shipped, timeout=REPEAT_S + 30, what="the opener's first shipped mail", worker=worker)
+    shipped = wait_until(first_shipped, timeout=REPEAT_S + 90, what="the opener's first shipped mail", worker=worker)
     time.sleep(6)  # opens within 5 s of the send are flagged as machine opens
     pixel = re.search(r'src="(http[^"]+/o/[^"]+)"', html_of(shipped))
     assert pixel is not None
@@ -137,7 +137,7 @@ def test_step_mails_opens_purchases_unsubscribes_and_backtest_parity(worker: Wor
 
     # seq: thanks + 3 × shipped, then the run ends when step 3 would be due (~4 × REPEAT_S)
     wait_until(lambda: len(subjects_of(domain, seq)) >= 4 and len(subjects_of(domain, opener)) >= 3,
-               timeout=4 * REPEAT_S + 60, what="the step mails", worker=worker)
+               timeout=4 * REPEAT_S + 120, what="the step mails", worker=worker)
     time.sleep(REPEAT_S + 4)  # anything that should not come would come now
     assert [s.split("、", 1)[1][:6] for s in subjects_of(domain, seq)] == [
         "ご注文ありが", "ご注文の商品", "ご注文の商品", "ご注文の商品"]
@@ -161,7 +161,7 @@ def test_step_mails_opens_purchases_unsubscribes_and_backtest_parity(worker: Wor
     # spacing: each repeat follows the previous send by REPEAT_S (loaded machine: generous upper bound)
     sent = [d["at_ms"] for d in decisions if d["member_id"] == seq and d["status"] == "sent"]
     gaps = [b - a for a, b in itertools.pairwise(sent)]
-    assert all(REPEAT_S * 1000 <= gap <= REPEAT_S * 1000 + 5000 for gap in gaps), gaps
+    assert all(REPEAT_S * 1000 <= gap <= REPEAT_S * 1000 + 10_000 for gap in gaps), gaps
 
     # live = backtest over the same orders, profiles and engagement records
     engagement = asyncio.run(_read_topic(settings, settings.topic_prefix + "engagement", expect=10_000,
@@ -196,12 +196,12 @@ def test_sigkill_with_runs_pending_sends_every_due_step_exactly_once(stack: Sett
         records += [order(m, f"o-{m}", start + i * 700) for i, m in enumerate(members)]
         produce_sync(worker.settings, records)
         # steps at +0 s, +5 s, +10 s, +15 s per member, members 0.7 s apart: kill in the middle
-        wait_until(lambda: len(mails_to(domain)) >= 12, timeout=60, what="some step mails", worker=worker)
+        wait_until(lambda: len(mails_to(domain)) >= 12, timeout=120, what="some step mails", worker=worker)
         before = len(mails_to(domain))
         worker.kill()
         worker.start()
         worker.wait_ready()
-        wait_until(lambda: len(mails_to(domain)) >= 4 * len(members), timeout=90, what="every step mail",
+        wait_until(lambda: len(mails_to(domain)) >= 4 * len(members), timeout=180, what="every step mail",
                    worker=worker)
         time.sleep(8)
         counts = Counter((recipient(m), str(m["Subject"])) for m in mails_to(domain))

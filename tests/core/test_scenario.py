@@ -353,3 +353,18 @@ def test_a_repeat_with_days_at_counts_from_the_previous_send() -> None:
                                      "repeat": {"while": "always", "times": 2}}]))
     assert [e[2] for e in life(run(rules, [P, order("2026-11-30 10:00")])) if e[0] == "sent"] == [
         "2026-11-30 18:00", "2026-12-01 09:30", "2026-12-02 09:30"]
+
+
+def test_a_run_whose_rule_was_removed_or_lost_its_step_ends_at_the_next_record() -> None:
+    three = rules_of(scenario("s", [THANKS, step("previous", after="1d"), step("previous", after="1d")]))
+    state = MemberState("m1")
+    engine = Engine(three)
+    engine.handle(state, P, catalog={})
+    engine.handle(state, order("2026-11-24 10:00"), catalog={})
+    engine.tick(state, jst("2026-11-25 10:00"), catalog={})  # step 2 sent; step 3 current
+    for reloaded in (rules_of(scenario("s", [THANKS])), rules_of(scenario("other", [THANKS]))):
+        again = MemberState.from_bytes(state.to_bytes())
+        engine = Engine(reloaded)
+        assert engine.next_due(again) is None
+        out = engine.handle(again, beacon("purchase", "2026-11-25 12:00", product_ids=["x"]), catalog={})
+        assert [(d.status, d.reason) for d in out] == [("ended", "rule_removed")]
