@@ -19,12 +19,24 @@ def from_local(local: datetime) -> int:
     return int(local.timestamp() * 1000)
 
 
+QUARTER_MS = 15 * 60 * 1000
+
+
 def local_date(ms: int, tz: ZoneInfo) -> date:
-    return to_local(ms, tz).date()
+    """The shop-local date of ``ms``. Every UTC offset in use (and every DST change) is a multiple of 15 minutes,
+    so the local date is constant within each UTC quarter hour: cached per quarter, as due times of the member
+    programs ask for it hundreds of thousands of times."""
+    return _quarter_date(ms // QUARTER_MS, tz)
 
 
+@lru_cache(maxsize=4096)
+def _quarter_date(quarter: int, tz: ZoneInfo) -> date:
+    return to_local(quarter * QUARTER_MS, tz).date()
+
+
+@lru_cache(maxsize=4096)
 def at_local_time(day: date, hhmm: tuple[int, int], tz: ZoneInfo) -> int:
-    """Epoch ms of ``day`` at ``hh:mm`` shop-local time."""
+    """Epoch ms of ``day`` at ``hh:mm`` shop-local time (cached: a few days and times of day recur)."""
     return from_local(datetime.combine(day, time(hhmm[0], hhmm[1]), tz))
 
 
