@@ -3,7 +3,7 @@
 ``Replay`` is the clock-driven loop (also used by the core's scenario tests): before each record the clock
 advances to the record's ``ts``, firing every member's due at or before it in due order (a due equal to
 ``ts`` fires first); then the record is handled; after the last record the clock runs on until nothing is
-pending. Caps go through ``caps.apply_caps`` with an ``InMemoryCapStore`` exactly as the worker uses Redis.
+pending. Caps and coupons go through ``core.sending`` with an ``InMemoryCapStore`` exactly as the worker uses Redis.
 
 ``run_backtest`` merges the input files in ``ts`` order (ties: members, catalog, orders, engagement, beacons,
 then input order) as a stream: files that are already in ``ts`` order (the normal case) are never held in
@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, cast
 import orjson
 
 from kagoflow.core.behaviour import MemberState
-from kagoflow.core.caps import InMemoryCapStore, apply_caps
+from kagoflow.core.caps import InMemoryCapStore
 from kagoflow.core.catalog import ProductInfo, apply_catalog
 from kagoflow.core.couponing import CouponStep, IssuedCoupon
 from kagoflow.core.coupons import MemoryCouponPool
@@ -33,7 +33,8 @@ from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
 from kagoflow.core.events import Beacon, CatalogUpdate, Engagement, MemberUpdate, Record
 from kagoflow.core.rules import RuleSet, load_rules
-from kagoflow.core.suppression import InMemoryAddressBook, address_reason, apply_address_suppression
+from kagoflow.core.sending import finish_decisions
+from kagoflow.core.suppression import InMemoryAddressBook, address_reason
 from kagoflow.core.watchindex import WatchIndex
 
 if TYPE_CHECKING:
@@ -126,10 +127,11 @@ class Replay:
             heapq.heappush(self._heap, (due, self._seq, member_id))
 
     async def _caps(self, decisions: list[Decision]) -> list[Decision]:
-        """Caps, address suppression, then coupons (SPEC §14 fine points: caps → holdout → coupon)."""
-        capped = await apply_caps(decisions, self.caps, limits=self.shop.caps, tz=self.shop.timezone)
-        checked = await apply_address_suppression(capped, self.addresses, self._email_of)
-        final, issued = await self.coupons.apply(checked, self.states.get)
+        """Caps, address suppression, then coupons (SPEC §14 fine points: caps → holdout → coupon), exactly as
+        the worker does them (``kagoflow.core.sending``)."""
+        final, issued = await finish_decisions(
+            decisions, caps=self.caps, limits=self.shop.caps, tz=self.shop.timezone, coupons=self.coupons,
+            state_of=self.states.get, addresses=self.addresses, email_of=self._email_of)
         if issued:
             self.issued.extend(issued)
         for decision in final:

@@ -149,9 +149,13 @@ class RedisCapStore:
         return bool(int(answer))
 
     async def check(self, request: CapRequest) -> bool:
-        """Whether every counter is below its limit, counting nothing (a held-out mail, SPEC §14)."""
-        names = [self._prefix + name for name, _ in request.counters]
-        values = await _guard(lambda: self._client.mget(names))
+        """``acquire``'s answer without counting (a held-out mail, a pool-coupon mail before its code): the
+        key's stored answer (a replay), else whether every counter is below its limit. Checks of one
+        event-loop turn share one pipeline with the turn's ``acquire`` calls, in call order."""
+        names = [f"{self._prefix}capanswer:{request.key}"] + [self._prefix + name for name, _ in request.counters]
+        answer, *values = await _guard(lambda: self._batcher.call("MGET", *names))
+        if answer is not None:
+            return bool(int(answer))
         return all(int(value or 0) < limit for value, (_, limit) in zip(values, request.counters, strict=True))
 
     async def count(self, counter: str) -> int:

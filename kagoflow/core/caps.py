@@ -7,7 +7,8 @@ by the decision's idempotency key so a replayed decision is answered from the fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -51,9 +52,16 @@ def cap_request(*, member_id: str, key: str, at_ms: int, limits: CapLimits, tz: 
 
 
 class CapStore(Protocol):
-    """Atomic check-and-count. Returns True when the mail may go (and has been counted)."""
+    """Atomic check-and-count, keyed by the decision's idempotency key."""
 
-    async def acquire(self, request: CapRequest) -> bool: ...
+    async def acquire(self, request: CapRequest) -> bool:
+        """True when the mail may go (and has been counted); a known key gets its first answer, uncounted."""
+        ...
+
+    async def check(self, request: CapRequest) -> bool:
+        """The answer ``acquire`` would give, counting nothing: a known key's answer, else whether every
+        counter is below its limit (a held-out mail, and a pool-coupon mail before it has its code)."""
+        ...
 
 
 class InMemoryCapStore:
@@ -74,29 +82,75 @@ class InMemoryCapStore:
         return allowed
 
     async def check(self, request: CapRequest) -> bool:
-        """Whether every counter is below its limit, counting nothing (a held-out mail)."""
+        if request.key in self.answers:
+            return self.answers[request.key]
         return all(self.counts.get(name, 0) < limit for name, limit in request.counters)
 
 
-async def apply_caps(
-    decisions: Iterable[Decision], store: CapStore, *, limits: CapLimits, tz: ZoneInfo
-) -> list[Decision]:
-    """Turn ``sent`` abandonment decisions into ``capped`` where a cap is full; others pass unchanged."""
-    out: list[Decision] = []
+def _capped_kind(decision: Decision, limits: CapLimits) -> bool:
+    """Whether caps look at the decision: a ``sent`` or ``held_out`` one of a rule that is not exempt."""
+    return (decision.status == "sent" or decision.status == "held_out") and not decision.cap_exempt \
+        and not limits.unlimited
+
+
+def cap_batches(decisions: list[Decision], deferred: Callable[[Decision], bool], *, limits: CapLimits
+                ) -> list[list[Decision]]:
+    """Cut ``decisions`` (in order) where a member with a deferred (uncounted, see ``apply_caps``) mail in
+    the current part has another mail caps look at: that mail may only be decided once the deferred one
+    is counted or not. Normally (one such mail per member and batch) this is the whole batch."""
+    parts: list[list[Decision]] = []
+    current: list[Decision] = []
+    waiting: set[str] = set()
     for decision in decisions:
-        if decision.status == "sent" and not decision.cap_exempt and not limits.unlimited:
-            request = cap_request(
-                member_id=decision.member_id, key=decision.key, at_ms=decision.at_ms, limits=limits, tz=tz
-            )
-            if not await store.acquire(request):
-                decision = decision.with_status("capped", "capped")
-        elif decision.status == "held_out" and not decision.cap_exempt and not limits.unlimited:
-            # SPEC §14: held out where it would have been sent, after caps — checked, never counted
-            check = getattr(store, "check", None)
-            request = cap_request(
-                member_id=decision.member_id, key=decision.key, at_ms=decision.at_ms, limits=limits, tz=tz
-            )
-            if check is not None and not await check(request):
-                decision = decision.with_status("capped", "capped")
-        out.append(decision)
+        if _capped_kind(decision, limits):
+            if decision.member_id in waiting:
+                parts.append(current)
+                current, waiting = [], set()
+            if decision.status == "sent" and deferred(decision):
+                waiting.add(decision.member_id)
+        current.append(decision)
+    if current or not parts:
+        parts.append(current)
+    return parts
+
+
+async def apply_caps(
+    decisions: Iterable[Decision], store: CapStore, *, limits: CapLimits, tz: ZoneInfo,
+    deferred: Callable[[Decision], bool] | None = None,
+) -> list[Decision]:
+    """Turn ``sent`` abandonment decisions into ``capped`` where a cap is full; others pass unchanged.
+
+    A ``sent`` decision for which ``deferred`` is true (a pool coupon still to be taken) is only checked,
+    like a ``held_out`` one: only ``sent`` counts (SPEC §11), so it is counted by ``acquire_caps`` once
+    its code is taken. The store calls are made together (one Redis round trip), in decision order.
+    """
+    out = list(decisions)
+    calls: list[tuple[int, Awaitable[bool]]] = []
+    for index, decision in enumerate(out):
+        if not _capped_kind(decision, limits):
+            continue
+        request = cap_request(member_id=decision.member_id, key=decision.key, at_ms=decision.at_ms,
+                              limits=limits, tz=tz)
+        counted = decision.status == "sent" and (deferred is None or not deferred(decision))
+        # SPEC §14: held out where it would have been sent, after caps — checked, never counted
+        calls.append((index, store.acquire(request) if counted else store.check(request)))
+    if not calls:
+        return out
+    answers = [await calls[0][1]] if len(calls) == 1 else await asyncio.gather(*(call for _, call in calls))
+    for (index, _), allowed in zip(calls, answers, strict=True):
+        if not allowed:
+            out[index] = out[index].with_status("capped", "capped")
     return out
+
+
+async def acquire_caps(decisions: Iterable[Decision], store: CapStore, *, limits: CapLimits, tz: ZoneInfo
+                       ) -> set[str]:
+    """Count the caps of ``sent`` decisions ``apply_caps`` deferred (together, in order); the keys refused.
+
+    A refusal here means another worker counted the member's cap between the check and now (a rebalance
+    race): the mail becomes ``capped`` and the pool code taken for it stays assigned to its key (a replay
+    of the decision finds it again), never to another mail."""
+    wanted = [decision for decision in decisions if _capped_kind(decision, limits) and decision.status == "sent"]
+    answers = await asyncio.gather(*(store.acquire(cap_request(
+        member_id=d.member_id, key=d.key, at_ms=d.at_ms, limits=limits, tz=tz)) for d in wanted))
+    return {decision.key for decision, allowed in zip(wanted, answers, strict=True) if not allowed}

@@ -10,7 +10,7 @@ abandonment episode whose pool was empty stays open exactly like after a ``skipp
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -68,13 +68,24 @@ class CouponStep:
         self.on_empty = on_empty
         """``Engine.coupon_pool_empty``: what an empty pool does to the member's episode or run."""
 
-    async def apply(self, decisions: list[Decision], state_of: Callable[[str], MemberState | None]
+    def pooled(self, decision: Decision) -> bool:
+        """Whether the decision's coupon comes from a pool (so it may yet end ``skipped``)."""
+        spec = self.specs.get(decision.rule_id)
+        return spec is not None and spec.form == "pool"
+
+    async def apply(self, decisions: list[Decision], state_of: Callable[[str], MemberState | None],
+                    admit: Callable[[list[Decision]], Awaitable[set[str]]] | None = None
                     ) -> tuple[list[Decision], list[IssuedCoupon]]:
+        """``admit``: called with the ``sent`` decisions that got a pool code, before anything is issued;
+        the keys it returns become ``capped`` (their caps were counted only now, see ``core.sending``)."""
         if not self.specs:
             return decisions, []
         out: list[Decision] = []
         issued: list[IssuedCoupon] = []
         taken = await self._take_pool_codes(decisions)
+        refused: set[str] = set()
+        if taken and admit is not None:
+            refused = await admit([d for d in decisions if d.status == "sent" and d.key in taken])
         used_pools: set[str] = set()
         emptied: set[tuple[str, str, str | None]] = set()
         for decision in decisions:
@@ -85,6 +96,9 @@ class CouponStep:
                     # the run's last send found the pool empty: that, not completion, ended it
                     decision = decision.with_status("ended", "coupon_pool_empty")
                 out.append(decision)
+                continue
+            if decision.key in refused:
+                out.append(decision.with_status("capped", "capped"))
                 continue
             try:
                 coupon = await issue(spec, decision.key, decision.at_ms, tz=self.tz, secret=self.secret,

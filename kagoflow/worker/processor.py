@@ -22,7 +22,7 @@ import orjson
 
 from kagoflow.core import pricewatch
 from kagoflow.core.behaviour import MemberState
-from kagoflow.core.caps import CapStore, apply_caps
+from kagoflow.core.caps import CapStore
 from kagoflow.core.catalog import CatalogLookup, PriceTrigger
 from kagoflow.core.couponing import CouponStep, IssuedCoupon
 from kagoflow.core.coupons import CouponPool
@@ -32,7 +32,8 @@ from kagoflow.core.errors import ContractError
 from kagoflow.core.events import Beacon, Engagement, MemberRecord, MemberUpdate
 from kagoflow.core.rules import RuleSet
 from kagoflow.core.scenario import order_snapshot
-from kagoflow.core.suppression import AddressBook, address_reason, apply_address_suppression
+from kagoflow.core.sending import finish_decisions
+from kagoflow.core.suppression import AddressBook, address_reason
 from kagoflow.core.watchindex import WatchIndex
 from kagoflow.settings import Settings
 from kagoflow.streams import contract, deadletter
@@ -361,18 +362,16 @@ class MemberProcessor:
     # -- effects -----------------------------------------------------------------------------------
     async def _emit(self, book: PartitionBook[MemberState, Ackable], decisions: list[Decision]) -> None:
         shop = self.ruleset.shop
-        delay = 0.2
-        while True:
-            try:
-                final = await apply_caps(decisions, self.caps, limits=shop.caps, tz=shop.timezone)
-                if self.addresses is not None:
-                    final = await apply_address_suppression(final, self.addresses, self._email_of)
-                final, issued = await self.coupon_step.apply(final, self.cache.peek)
-                break
-            except Exception as exc:  # Redis away: the mail waits; it is never sent uncapped
-                log.warning("cap store unavailable (%s); %d decisions wait %.1fs", exc, len(decisions), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        delay = [0.2]
+
+        async def wait(exc: Exception) -> None:  # Redis away: the mail waits; it is never sent uncapped
+            log.warning("cap store unavailable (%s); %d decisions wait %.1fs", exc, len(decisions), delay[0])
+            await asyncio.sleep(delay[0])
+            delay[0] = min(delay[0] * 2, 5.0)
+
+        final, issued = await finish_decisions(
+            decisions, caps=self.caps, limits=shop.caps, tz=shop.timezone, coupons=self.coupon_step,
+            state_of=self.cache.peek, addresses=self.addresses, email_of=self._email_of, wait=wait)
         counts = self.metrics.decisions
         records: list[tuple[bytes | None, bytes]] = []
         dumps = orjson.dumps
