@@ -2,8 +2,12 @@
 
 Integration tests (``@pytest.mark.integration``) take the session fixture ``stack``: it runs
 ``infra/stack up`` once per session (idempotent: ~5 s when nothing runs, <1 s when everything does) and
-returns the ``Settings`` that point at it. Services the fixture started are stopped at session end;
+returns the ``Settings`` that point at it. Services the session started are stopped at session end;
 services that were already up stay up, and ``KAGOFLOW_STACK_KEEP=1`` keeps everything running.
+
+Under pytest-xdist (``infra/test`` runs ``-n``) every worker process has its own session, so a worker never
+stops services (the others may still use them): the controller notes what was down when the run began and stops
+what the workers started once all of them have finished (``pytest_sessionstart``/``pytest_sessionfinish`` below).
 """
 
 from __future__ import annotations
@@ -54,6 +58,42 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
+def _xdist_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """True in the process that hands tests to xdist workers (and runs none itself)."""
+    return not _xdist_worker() and bool(getattr(config.option, "numprocesses", None))
+
+
+def _keep_stack(env: dict[str, str]) -> bool:
+    return env.get("KAGOFLOW_STACK_KEEP", "") not in {"", "0"}
+
+
+def _stop_started(before: dict[str, dict[str, Any]], env: dict[str, str]) -> None:
+    """Stop the services that were down in ``before`` (``infra/stack down`` only stops what this checkout's
+    stack dir runs, never another checkout's)."""
+    started = [name for name, row in before.items() if row["state"] != "up"]
+    if started and not _keep_stack(env):
+        run_stack("down", *started, env=env, check=False, timeout=120)
+
+
+_STACK_BEFORE = pytest.StashKey[dict[str, dict[str, Any]]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _xdist_controller(session.config):
+        session.config.stash[_STACK_BEFORE] = stack_status(dict(os.environ))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    before = session.config.stash.get(_STACK_BEFORE, None)
+    if before is not None:  # the xdist controller, after every worker has finished
+        _stop_started(before, dict(os.environ))
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Settings]:
     env = dict(os.environ)
@@ -65,11 +105,8 @@ def stack() -> Iterator[Settings]:
         # ports): point KAGOFLOW_STACK_DIR there so every helper finds the mail its SMTP sink stores.
         os.environ["KAGOFLOW_STACK_DIR"] = str(mail_dir.parent.parent)
     yield Settings.from_env()
-    if env.get("KAGOFLOW_STACK_KEEP", "") not in {"", "0"}:
-        return
-    started = [name for name, row in before.items() if row["state"] != "up"]
-    if started:
-        run_stack("down", *started, env=env, check=False, timeout=120)
+    if not _xdist_worker():
+        _stop_started(before, env)
 
 
 def _own_stack_dir() -> Path:

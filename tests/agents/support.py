@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.parser
 import email.policy
 import os
 import time
@@ -80,16 +81,52 @@ def mailbox_dir() -> Path:
     return Path(os.environ.get("KAGOFLOW_STACK_DIR", PROJECT_ROOT / ".stack")) / "smtp" / "mail"
 
 
-def mails_to(domain: str) -> list[EmailMessage]:
-    """Every stored mail whose recipient is in ``domain`` (the sink is shared: give each test its domain)."""
+_RECIPIENTS: dict[Path, str] = {}
+_MESSAGES: dict[Path, tuple[float, EmailMessage]] = {}
+_SINCE_NS = time.time_ns() - 600 * 10**9
+"""Mail stored before this (10 min before this process imported the module) is no test's of this process."""
+
+
+def _stored_before_us(path: Path) -> bool:
+    """The sink names each file ``<arrival time_ns>-<seq>.eml`` (``infra/smtp_sink.py``)."""
+    try:
+        return int(path.name.split("-", 1)[0]) < _SINCE_NS
+    except ValueError:
+        return False
+
+
+def stored_mails_to(domain: str) -> list[tuple[float, EmailMessage]]:
+    """(arrival time, message) of every stored mail whose recipient is in ``domain``, oldest first (the sink is
+    shared: give each test its domain).
+
+    The folder holds the mail of every session that shares the stack (thousands), and re-parsing all of it on
+    every poll burnt minutes of CPU: mail older than this process is skipped by its file name, and as the sink
+    moves each mail in complete and never rewrites it, a file's recipient is read (headers only) once per process
+    and only the test's own mails are parsed whole.
+    """
     found = []
     for path in sorted(mailbox_dir().glob("*.eml")):
-        with open(path, "rb") as fh:
-            message = email.message_from_binary_file(fh, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        if str(message["To"]).endswith("@" + domain):
-            found.append(message)
+        to = _RECIPIENTS.get(path)
+        if to is None and _stored_before_us(path):
+            to = _RECIPIENTS[path] = ""
+        if to is None:
+            with open(path, "rb") as fh:
+                headers = email.parser.BytesHeaderParser(policy=email.policy.default).parse(fh)
+            to = _RECIPIENTS[path] = str(headers["To"])
+        if not to.endswith("@" + domain):
+            continue
+        if path not in _MESSAGES:
+            with open(path, "rb") as fh:
+                message = email.message_from_binary_file(fh, policy=email.policy.default)
+            assert isinstance(message, EmailMessage)
+            _MESSAGES[path] = (path.stat().st_mtime, message)
+        found.append(_MESSAGES[path])
     return found
+
+
+def mails_to(domain: str) -> list[EmailMessage]:
+    """Every stored mail whose recipient is in ``domain``, oldest first (see ``stored_mails_to``)."""
+    return [message for _, message in stored_mails_to(domain)]
 
 
 def recipient(message: EmailMessage) -> str:

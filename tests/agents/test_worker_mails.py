@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
-import os
 import time
 from collections import Counter
 from email.message import EmailMessage
@@ -12,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kagoflow.settings import PROJECT_ROOT, Settings
+from kagoflow.settings import Settings
+from tests.agents.support import stored_mails_to
 from tests.agents.worker_proc import WorkerProcess, produce_sync
 
 pytestmark = pytest.mark.integration
@@ -20,18 +18,9 @@ pytestmark = pytest.mark.integration
 DELAY_S = 6
 
 
-def mailbox_dir() -> Path:
-    return Path(os.environ.get("KAGOFLOW_STACK_DIR", PROJECT_ROOT / ".stack")) / "smtp" / "mail"
-
-
 def mails_to(domain: str) -> list[tuple[float, EmailMessage]]:
     """(arrival time, message) of every stored mail whose recipient is in ``domain``."""
-    found = []
-    for path in sorted(mailbox_dir().glob("*.eml")):
-        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-        if str(message["To"]).endswith("@" + domain):
-            found.append((path.stat().st_mtime, message))  # type: ignore[arg-type]
-    return found
+    return stored_mails_to(domain)
 
 
 def write_rules(directory: Path) -> Path:

@@ -108,12 +108,12 @@ def wait_applied(worker: WorkerProcess, shop: Shop, expected: dict[str, dict[str
                 return False
         return True
 
-    wait_until(check, timeout=20, what="member states", worker=worker)
+    wait_until(check, timeout=60, what="member states", worker=worker)
 
 
 def wait_mails(worker: WorkerProcess, shop: Shop, count: int) -> dict[str, list[str]]:
     """Wait for ``count`` mails in the test's domain, then ``QUIET_S`` more; recipient → text parts."""
-    wait_until(lambda: len(mails_to(shop.domain)) >= count, timeout=20, what=f"{count} mails", worker=worker)
+    wait_until(lambda: len(mails_to(shop.domain)) >= count, timeout=60, what=f"{count} mails", worker=worker)
     time.sleep(QUIET_S)
     out: dict[str, list[str]] = {}
     for message in mails_to(shop.domain):
