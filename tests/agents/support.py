@@ -80,12 +80,29 @@ def mailbox_dir() -> Path:
     return Path(os.environ.get("KAGOFLOW_STACK_DIR", PROJECT_ROOT / ".stack")) / "smtp" / "mail"
 
 
+_ENVELOPE_TO: dict[Path, bytes] = {}
+"""Stored mail → its ``X-Envelope-To`` line: the sink's files never change once they are there (written
+aside, then renamed in), so each is read once per test process."""
+
+
 def mails_to(domain: str) -> list[EmailMessage]:
-    """Every stored mail whose recipient is in ``domain`` (the sink is shared: give each test its domain)."""
+    """Every stored mail whose recipient is in ``domain`` (the sink is shared: give each test its domain).
+
+    The shared sink holds every mail of every test run (thousands): parsing them all on each poll took up
+    to a minute on a loaded machine, so a test saw its mails long after they had arrived. Only mails whose
+    envelope recipient (cached per file) names the domain are parsed."""
     found = []
+    needle = ("@" + domain).encode()
     for path in sorted(mailbox_dir().glob("*.eml")):
-        with open(path, "rb") as fh:
-            message = email.message_from_binary_file(fh, policy=email.policy.default)
+        envelope_to = _ENVELOPE_TO.get(path)
+        if envelope_to is None:
+            with open(path, "rb") as fh:
+                head = fh.read(4096)
+            line = next((ln for ln in head.split(b"\r\n")[:3] if ln.startswith(b"X-Envelope-To:")), None)
+            envelope_to = _ENVELOPE_TO[path] = b"" if line is None else line  # b"": not the sink's, parse it
+        if envelope_to and needle not in envelope_to:
+            continue
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         if str(message["To"]).endswith("@" + domain):
             found.append(message)
