@@ -29,6 +29,7 @@ from typing import cast
 import aiosmtplib
 
 from kagoflow.adapters.smtp_wire import (
+    END_OF_DATA,
     Reply,
     ReplyReader,
     SmtpConnection,
@@ -193,11 +194,12 @@ class SmtpPool:
     ) -> str:
         """Send one message; returns the server's final reply. Raises the errors of the module doc.
 
-        ``before_end`` is awaited once the server accepted DATA (354), just before the content and its final
-        ``.`` are written (in one write, as without it): the last moment at which the mail is certainly not
-        delivered (a sender records it to tell a crash before from a crash after). If it raises, the
-        connection is dropped — the server discards a transaction without its end of DATA — and its
-        exception propagates.
+        ``before_end`` is awaited once the server accepted DATA (354) and the content but its final ``.``
+        is written: the last moment at which the mail is certainly not delivered (a sender records it to
+        tell a crash before from a crash after); only the three bytes of the end of DATA follow it, so a
+        crash between the record and the end is as short as can be. If it raises, the connection is
+        dropped — the server discards a transaction without its end of DATA — and its exception
+        propagates. Without ``before_end`` the content and its end go out in one write.
 
         The send owns its connection from the envelope until the content is written. On a pipelining
         connection it then hands the connection to the next waiting send — whose envelope goes out in the
@@ -226,9 +228,12 @@ class SmtpPool:
                 try:
                     await connection.envelope(commands, written)
                     written = None
+                    end = content
                     if before_end is not None:
+                        connection.send_body(content[: -len(END_OF_DATA)])
+                        end = END_OF_DATA
                         await before_end()
-                    final = self._send_content(connection, content)
+                    final = self._send_content(connection, end)
                     owner = not connection.pipelining
                     return await connection.finish(final)
                 except StaleConnection as exc:

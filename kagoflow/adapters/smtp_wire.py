@@ -263,6 +263,14 @@ class SmtpConnection:
             error.drop_connection = refusal.code == 421 or not await self._abandon(replies)
             raise error
 
+    def send_body(self, body: bytes) -> None:
+        """Write message content without its end (``END_OF_DATA``, sent later by ``send_content``): the
+        server cannot accept the mail before that line. Raises ``StaleConnection`` on a closed connection."""
+        try:
+            self.reader.submit(body)
+        except Lost as exc:
+            raise StaleConnection(exc.reason) from exc
+
     def send_content(
         self, content: bytes, next_envelope: bytes = b""
     ) -> tuple[asyncio.Future[list[Reply]], asyncio.Future[list[Reply]] | None]:

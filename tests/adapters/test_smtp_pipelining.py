@@ -325,7 +325,7 @@ async def test_starttls_and_auth_then_pipelined_transactions(tls_files: tuple[Pa
 
 
 @pytest.mark.parametrize("advertised", [True, False], ids=["pipelining", "no-pipelining"])
-async def test_before_end_runs_before_the_end_of_data_is_out_and_its_failure_sends_nothing(
+async def test_before_end_runs_when_all_but_the_end_of_data_is_out_and_its_failure_sends_nothing(
     advertised: bool,
 ) -> None:
     handler = PipeliningSmtp(pipelining=advertised)
@@ -334,7 +334,7 @@ async def test_before_end_runs_before_the_end_of_data_is_out_and_its_failure_sen
         calls: list[int] = []
 
         async def record() -> None:
-            await asyncio.sleep(0.2)  # the server has said 354 and waits for the content: not a mail yet
+            await asyncio.sleep(0.2)  # the body is at the server by now; without its end it is not a mail
             calls.append(len(handler.received))
 
         async def crash() -> None:
