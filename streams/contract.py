@@ -9,14 +9,15 @@ fields. The human-readable contract is ``streams/CONTRACT.md``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import struct
 import unicodedata
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, cast
 
 import orjson
-from aiokafka.partitioner import murmur2
 
 from kagoflow.core.errors import ContractError
 from kagoflow.core.events import (
@@ -77,6 +78,7 @@ _LOCALE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _MISSING: Final = object()
+_WORDS: Final = struct.Struct("<I")
 
 
 def dlq_topic(topic: str) -> str:
@@ -548,10 +550,37 @@ def batch_item(items: list[Any], index: int) -> BeaconFields:
         raise ContractError(f"batch[{index}].{exc.reason}") from None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def key_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java client and aiokafka alike) gives a keyed record:
-    murmur2 of the key, sign bit cleared, modulo the partition count."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+    murmur2 of the key, sign bit cleared, modulo the partition count. Cached: a member's beacons come in
+    sessions, and the collector and the worker ask per beacon."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``) as an unsigned 32-bit value.
+
+    Same result as ``aiokafka.partitioner.murmur2`` (tested), ~2× faster: the body reads 4-byte words with
+    ``struct`` instead of indexing bytes one by one."""
+    m = 0x5BD1E995
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    body = length & ~3
+    for (k,) in _WORDS.iter_unpack(data[:body]):
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
+    extra = length & 3
+    if extra:
+        if extra == 3:
+            h ^= data[body + 2] << 16
+        if extra >= 2:
+            h ^= data[body + 1] << 8
+        h = ((h ^ data[body]) * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    return h ^ (h >> 15)
 
 
 def encode_batch(beacons: list[bytes]) -> bytes:
