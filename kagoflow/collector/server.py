@@ -104,11 +104,11 @@ class Collector:
                                 headers={hdrs.RETRY_AFTER: str(self.limit.retry_after_s())})
         if self.closing:
             return self._unavailable()
-        limit = self.settings.collector_max_body_bytes
-        if (request.content_length or 0) > limit:
+        if (request.content_length or 0) > self.settings.collector_max_body_bytes:
             return web.Response(status=413, text="too large")
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
+        try:
+            body = await request.read()  # the whole body, chunked or not, up to the app's client_max_size
+        except web.HTTPRequestEntityTooLarge:  # its own text names sizes: answer bare
             return web.Response(status=413, text="too large")
         try:
             items = orjson.loads(body)

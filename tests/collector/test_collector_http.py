@@ -121,6 +121,23 @@ async def test_body_and_item_limits(producer: FakeProducer) -> None:
         await client.close()
 
 
+async def test_a_large_body_in_many_chunks_is_read_whole(client: TestClient[Any, Any],
+                                                         producer: FakeProducer) -> None:
+    body = orjson.dumps([beacon(i, f"m{i}", pad="y" * 400) for i in range(400)])  # ~200 KB
+    response = await client.post("/beacons", data=chunked(body))  # chunked transfer encoding, no length
+    assert response.status == 200
+    assert (await response.json())["accepted"] == 400
+    over = await client.post("/beacons", data=chunked(body + b" " * 70_000))  # over 256 KiB
+    assert (over.status, await over.text()) == (413, "too large")
+    assert len(producer.sent) == 4  # one record per partition, the oversized body produced nothing
+
+
+async def chunked(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 7000):
+        yield data[start:start + 7000]
+        await asyncio.sleep(0)
+
+
 async def test_cors_admits_the_shop_origins_only(client: TestClient[Any, Any], producer: FakeProducer) -> None:
     shop = "https://shop.example.com"
     preflight = await client.options("/beacons", headers={"Origin": shop, "Access-Control-Request-Method": "POST"})
