@@ -96,6 +96,9 @@ class Ackable(Protocol):
 @dataclass
 class Metrics:
     events: int = 0
+    """Records handled (a batch record counts once) ..."""
+    batched_beacons: int = 0
+    """... and the beacons that came in batch records (``{"batch": […]}``)."""
     duplicates: int = 0
     dead_letters: int = 0
     dead_letter_failures: int = 0
@@ -112,6 +115,7 @@ class Metrics:
     def as_dict(self) -> dict[str, Any]:
         return {
             "events": self.events,
+            "batched_beacons": self.batched_beacons,
             "duplicates": self.duplicates,
             "dead_letters": self.dead_letters,
             "dead_letter_failures": self.dead_letter_failures,
@@ -301,6 +305,7 @@ class MemberProcessor:
         once, like any record: after the flush that stores every beacon's effect."""
         decisions: list[Decision] = []
         partitions = self.partitions
+        self.metrics.batched_beacons += len(items)
         for index in range(len(items)):
             try:
                 beacon = new_beacon(*contract.batch_item(items, index))

@@ -98,6 +98,7 @@ def test_batches_give_the_states_and_decisions_single_records_give() -> None:
         assert a is not None and b is not None and a.to_bytes() == b.to_bytes()
     assert batched.outbox.letters("beacons.dlq") == []
     assert batched.acked == list(range(batched.offset))  # every record acked, once, in order
+    assert batched.processor.metrics.batched_beacons == len(beacons)
 
 
 def test_a_bad_beacon_is_parked_with_its_index_and_the_others_apply() -> None:
