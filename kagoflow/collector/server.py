@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -185,15 +186,28 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None,
     """Run the collector until SIGTERM/SIGINT (or ``stop``), then shut down losing nothing accepted."""
     from aiokafka import AIOKafkaProducer
 
+    from kagoflow.adapters.kafka_admin import partition_count
+
     topic = Topics(settings.topic_prefix).beacons
+    # Never let the producer auto-create the topic: a broker default partition count would split members.
+    try:
+        partitions = await partition_count(bootstrap=settings.kafka_bootstrap, topic=topic)
+    except Exception as exc:
+        raise CollectorError(f"kafka: {settings.kafka_bootstrap} unreachable ({type(exc).__name__}: {exc})") from None
+    if not partitions:
+        raise CollectorError(f"kafka: topic {topic!r} does not exist on {settings.kafka_bootstrap} (the worker "
+                             "creates it at start, or infra/stack up)")
+    if partitions != settings.partitions:
+        log.warning("kafka: topic %r has %d partitions, KAGOFLOW_PARTITIONS says %d; batching by the topic's",
+                    topic, partitions, settings.partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-collector", acks="all",
         enable_idempotence=True, linger_ms=2, max_request_size=MAX_BATCH_BYTES + 64 * 1024,
+        max_batch_size=MAX_BATCH_BYTES + 64 * 1024,
         request_timeout_ms=int(max(settings.collector_ack_timeout_seconds * 2, 10) * 1000),
     )
     await producer.start()
     try:
-        partitions = len(await producer.partitions_for(topic))
         batcher = PartitionBatcher(producer, topic, linger_s=settings.collector_linger_ms / 1000,
                                    max_bytes=min(settings.collector_batch_bytes, MAX_BATCH_BYTES),
                                    max_pending=settings.collector_max_pending)
@@ -226,13 +240,20 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None,
         await producer.stop()
 
 
+class CollectorError(RuntimeError):
+    """The collector cannot start (the message says why); ``kagoflow collect`` prints it and exits 1."""
+
+
 def run_collector(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] collector: %(message)s")
-    try:
-        import uvloop
+    import uvloop
 
+    try:
         uvloop.run(serve(settings))
     except KeyboardInterrupt:
         pass
+    except CollectorError as exc:
+        print(f"kagoflow: error: {exc}", file=sys.stderr)
+        return 1
     return 0

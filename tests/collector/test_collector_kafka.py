@@ -143,6 +143,15 @@ async def test_arrays_become_records_on_the_partitions_of_their_members(stack: S
         f"o{i}" for i in range(5)]
 
 
+async def test_a_missing_topic_is_a_clear_error(stack: Settings, unique_name: Callable[[str], str]) -> None:
+    env = {**os.environ, "KAGOFLOW_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+           "KAGOFLOW_TOPIC_PREFIX": unique_name("none") + "-", "KAGOFLOW_COLLECTOR_PORT": str(free_port())}
+    result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "kagoflow.cli", "collect"], env=env,
+                                     cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert "beacons' does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
 class Load:
     """Clients posting arrays of fresh beacons as fast as answers come; remembers what was accepted."""
 
