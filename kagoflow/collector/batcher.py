@@ -6,7 +6,7 @@ all its beacons hash to its partition (Kafka's default partitioner on their memb
 member state stays where it was.
 
 Guarantee: ``add`` returns a future per batch that completes when the broker has acknowledged the record
-(``acks=all``, idempotent producer) or fails; the server answers 2xx only after every future of a request
+(``acks=all``) or fails; the server answers 2xx only after every future of a request
 completed. A record the broker never confirmed may still have been written (a timeout, a cut connection);
 the client then retries and the worker drops the repeats by ``event_id``.
 """

@@ -200,9 +200,13 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None,
     if partitions != settings.partitions:
         log.warning("kafka: topic %r has %d partitions, KAGOFLOW_PARTITIONS says %d; batching by the topic's",
                     topic, partitions, settings.partitions)
+    # Not idempotent on purpose: after a broker restart aiokafka's idempotent producer can fail every batch with
+    # OutOfOrderSequenceNumber for good (seen in the outage test), which would keep the collector at 503. A
+    # retried record may then land twice; the worker drops the repeat by event_id. Order per partition holds:
+    # aiokafka sends one request per partition at a time.
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.app_id}-collector", acks="all",
-        enable_idempotence=True, linger_ms=2, max_request_size=MAX_BATCH_BYTES + 64 * 1024,
+        enable_idempotence=False, linger_ms=2, max_request_size=MAX_BATCH_BYTES + 64 * 1024,
         max_batch_size=MAX_BATCH_BYTES + 64 * 1024,
         request_timeout_ms=int(max(settings.collector_ack_timeout_seconds * 2, 10) * 1000),
     )
