@@ -9,6 +9,10 @@ its own consumer group (= Faust app id) and a temporary data directory:
   d  Faust stream path, tuned (raw values, ``stream_wait_empty=False``, uvloop), orjson, no state
   c  the real kagoflow worker (``python -m kagoflow.cli worker``) on the same topic via KAGOFLOW_TOPIC_PREFIX,
      measured through its ``/metrics`` endpoint
+  cb (c′) the same worker on the same beacons as partition-batched records (``{"batch": […]}``), grouped as
+     ``kagoflow collect`` groups them: the beacons of one partition arriving within its 50 ms window, here at
+     ``--batch-rate`` beacons/s (``--batch-rate 8000``: 400 beacons a window, ~100 per record on 4 partitions),
+     produced once the worker runs (counted from the start of that production: a lower bound)
 
 ``events/s`` = N / (time of last event − time of first event), so it excludes start-up; ``wall`` includes
 process start, group join and recovery. ``--rss-members M`` instead measures the worker's RSS with M members
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import resource
 import shutil
@@ -32,7 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,11 +46,14 @@ import orjson
 from traffic import generate_beacons  # bench/ is sys.path[0] when run as a script
 
 from kagoflow.settings import PROJECT_ROOT, Settings, to_env
+from kagoflow.streams.contract import MAX_BATCH_BYTES, encode_batch, key_partition
 from kagoflow.streams.topics import Topics
 
 PARTITIONS = 4
 VARIANTS = {"a": "raw aiokafka + orjson", "b": "naive Faust (Record, RocksDB write/event)",
-            "d": "Faust stream path, tuned, no state", "c": "kagoflow worker"}
+            "d": "Faust stream path, tuned, no state", "c": "kagoflow worker",
+            "cb": "kagoflow worker, partition-batched records"}
+LABELS = {"a": "(a)", "b": "(b)", "d": "(d)", "c": "(c)", "cb": "(c′)"}
 
 
 @dataclass(frozen=True)
@@ -57,10 +65,14 @@ class VariantResult:
     last_s: float
     """Seconds from process start to the last event processed."""
     peak_rss_mb: float | None = None
+    measured: float | None = None
+    """Events processed between ``first_s`` and ``last_s`` when the first observation came late (the worker's
+    ``/metrics`` answers only once it runs: events it handled before that are not in the window)."""
 
     @property
     def rate(self) -> float:
-        return self.events / max(self.last_s - self.first_s, 1e-9)
+        events = self.events if self.measured is None else self.measured
+        return events / max(self.last_s - self.first_s, 1e-9)
 
     @property
     def wall_rate(self) -> float:
@@ -110,6 +122,53 @@ async def produce(bootstrap: str, topic: str, beacons: Iterable[dict[str, Any]])
             pending.append(await producer.send(topic, orjson.dumps(beacon), key=beacon["member_id"].encode()))
             count += 1
             if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return count
+
+
+def batch_records(beacons: Iterable[dict[str, Any]], *, window: int, partitions: int = PARTITIONS,
+                  max_bytes: int = 256 * 1024) -> Iterator[tuple[bytes, int, bytes]]:
+    """(key, partition, value) of the batch records the collector makes of ``beacons`` when ``window`` of them
+    arrive within one linger window: per window and partition one record (split at ``max_bytes``), keyed by its
+    first member id, beacons in arrival order."""
+    def flush(pending: dict[int, list[tuple[bytes, bytes]]]) -> Iterator[tuple[bytes, int, bytes]]:
+        for partition, items in pending.items():
+            start, size = 0, 0
+            for i, (_, raw) in enumerate(items):
+                if size + len(raw) + 16 > max_bytes and i > start:
+                    yield items[start][0], partition, encode_batch([r for _, r in items[start:i]])
+                    start, size = i, 0
+                size += len(raw) + 1
+            yield items[start][0], partition, encode_batch([r for _, r in items[start:]])
+
+    pending: dict[int, list[tuple[bytes, bytes]]] = {}
+    for count, beacon in enumerate(beacons, 1):
+        key = beacon["member_id"].encode()
+        pending.setdefault(key_partition(key, partitions), []).append((key, orjson.dumps(beacon)))
+        if count % window == 0:
+            yield from flush(pending)
+            pending = {}
+    yield from flush(pending)
+
+
+async def produce_batches(bootstrap: str, topic: str, records: Iterable[tuple[bytes, int, bytes]]) -> int:
+    """Produce batch records to their partitions; returns the count of records."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1024 * 1024,
+                                max_request_size=MAX_BATCH_BYTES + 64 * 1024, compression_type=None, acks=1)
+    await producer.start()
+    count = 0
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        for key, partition, value in records:
+            pending.append(await producer.send(topic, value, key=key, partition=partition))
+            count += 1
+            if len(pending) >= 2_000:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
@@ -366,11 +425,13 @@ def _member_topics(settings: Settings) -> list[str]:
 
 
 async def _wait_caught_up(proc: subprocess.Popen[bytes], settings: Settings, *, baseline: Offsets,
-                          started: float, timeout_s: float, log: Path) -> tuple[float, float, int]:
+                          started: float, timeout_s: float, log: Path,
+                          seen: list[int] | None = None) -> tuple[float, float, int]:
     """Poll ``/metrics`` until the worker has processed every record on its member topics past ``baseline``.
 
     Ticks keep arriving while it runs, so the target is re-read on each poll: processed >= available means
-    caught up (late by at most one poll). Returns (first event s, caught-up s, events) since ``started``.
+    caught up (late by at most one poll). Returns (first event s, caught-up s, events) since ``started``;
+    ``seen`` gets the events already processed at the first observation.
     """
     first = 0.0
     async with OffsetReader(settings.kafka_bootstrap) as reader:
@@ -386,6 +447,8 @@ async def _wait_caught_up(proc: subprocess.Popen[bytes], settings: Settings, *, 
             events = int(metrics["members"]["events"]) if metrics else 0
             if events and not first:
                 first = now
+                if seen is not None:
+                    seen.append(events)
             if target and events >= target:
                 return first, now, events
             await asyncio.sleep(0.1)
@@ -397,11 +460,14 @@ def _start_worker(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes
 
 
 def run_kagoflow_variant(topic: str, n: int, settings: Settings, *, timeout_s: float = 1800.0,
-                         archive_process: bool = False) -> VariantResult:
+                         archive_process: bool = False, label: str = "c",
+                         feed: Callable[[], Awaitable[int]] | None = None) -> VariantResult:
     """Variant c: the real worker process reads ``topic`` (= its prefixed ``beacons``) from the beginning.
 
     ``settings`` must carry a fresh ``app_id``, ``data_dir`` and ``web_port`` and the ``topic_prefix`` that
-    makes ``topic`` its beacons topic. ``n`` is the number of records already on ``topic``.
+    makes ``topic`` its beacons topic. ``n`` is the number of records already on ``topic`` — or, with
+    ``feed``, the beacons ``feed()`` produces once the worker's ``/metrics`` answers; the rate is then counted
+    from the start of that production (a lower bound: it includes producing them).
     """
     if Topics(settings.topic_prefix).beacons != topic:
         raise ValueError(f"{topic!r} is not the beacons topic of prefix {settings.topic_prefix!r}")
@@ -417,9 +483,26 @@ def run_kagoflow_variant(topic: str, n: int, settings: Settings, *, timeout_s: f
             worker_settings = replace(settings, archive_enabled=False)
         proc, started = _start_worker(worker_settings, log)
         try:
-            first, last, _ = await _wait_caught_up(proc, worker_settings, baseline=baseline, started=started,
+            if feed is not None:
+                while await asyncio.to_thread(_metrics, worker_settings.operator_port) is None:
+                    if proc.poll() is not None or time.time() - started > timeout_s:
+                        raise RuntimeError(f"kagoflow worker not ready; see {log}")
+                    await asyncio.sleep(0.2)
+                fed_at = time.time() - started
+                await feed()
+                _, last, _ = await _wait_caught_up(proc, worker_settings, baseline=baseline, started=started,
                                                    timeout_s=timeout_s, log=log)
-            return VariantResult(VARIANTS["c"], n, first, last, _rss_mb(proc.pid)[1])
+                return VariantResult(VARIANTS[label], n, fed_at, last, _rss_mb(proc.pid)[1])
+            seen: list[int] = []
+            first, last, events = await _wait_caught_up(proc, worker_settings, baseline=baseline, started=started,
+                                                        timeout_s=timeout_s, log=log, seen=seen)
+            # records handled before the first observation are outside the window: count the rest (in events
+            # of ``n``: a batch record stands for its share of the beacons)
+            late = seen[0] / events if seen and events else 0.0
+            if late > 0.5:
+                print(f"  warning: {late:.0%} of the records were done before /metrics first answered; the rate "
+                      "is from the rest only", file=sys.stderr)
+            return VariantResult(VARIANTS[label], n, first, last, _rss_mb(proc.pid)[1], measured=n * (1 - late))
         finally:
             _stop(proc, grace_s=60)
             if archiver is not None:
@@ -429,11 +512,12 @@ def run_kagoflow_variant(topic: str, n: int, settings: Settings, *, timeout_s: f
 
 
 def kagoflow_settings(*, tag: str, prefix: str, workdir: Path, bootstrap: str, archive: bool,
-                      round_: int = 1) -> Settings:
-    data_dir = workdir / ("kagoflow" if round_ == 1 else f"kagoflow-r{round_}")
+                      round_: int = 1, name: str = "c") -> Settings:
+    base = "kagoflow" if name == "c" else f"kagoflow-{name}"
+    data_dir = workdir / (base if round_ == 1 else f"{base}-r{round_}")
     data_dir.mkdir(exist_ok=True)
     return replace(Settings.from_env(), kafka_bootstrap=bootstrap,
-                   app_id=f"{tag}-kagoflow" if round_ == 1 else f"{tag}-kagoflow-r{round_}",
+                   app_id=f"{tag}-{base}" if round_ == 1 else f"{tag}-{base}-r{round_}",
                    topic_prefix=prefix, data_dir=data_dir, web_port=_free_port(), operator_port=_free_port(),
                    local_mode=True, partitions=PARTITIONS,
                    archive_enabled=archive, clickhouse_database=_bench_database(tag))
@@ -509,34 +593,35 @@ def run_rss_mode(*, members: int, settings: Settings, seed: int, new_events: int
 def format_table(results: dict[str, VariantResult], errors: dict[str, str]) -> Iterator[str]:
     base = results.get("b")
     yield f"{'variant':<46} {'events/s':>10} {'wall ev/s':>10} {'× (b)':>7} {'first s':>8} {'peak MiB':>9}"
-    for key in ("a", "b", "d", "c"):
+    for key in ("a", "b", "d", "c", "cb"):
         if key in errors:
-            yield f"({key}) {VARIANTS[key]:<42} FAILED: {errors[key]}"
+            yield f"{LABELS[key]} {VARIANTS[key]:<42} FAILED: {errors[key]}"
         if key not in results:
             continue
         r = results[key]
         ratio = f"{r.rate / base.rate:7.1f}" if base else f"{'-':>7}"
         rss = f"{r.peak_rss_mb:9.0f}" if r.peak_rss_mb is not None else f"{'-':>9}"
-        yield f"({key}) {r.name:<42} {r.rate:10.0f} {r.wall_rate:10.0f} {ratio} {r.first_s:8.1f} {rss}"
-    if "c" in results:
-        for other in ("d", "b", "a"):
-            if other in results:
-                yield f"(c)/({other}) = {results['c'].rate / results[other].rate:.2f}"
+        yield f"{LABELS[key]} {r.name:<42} {r.rate:10.0f} {r.wall_rate:10.0f} {ratio} {r.first_s:8.1f} {rss}"
+    for key in ("c", "cb"):
+        if key in results:
+            for other in ("d", "b", "a", "c"):
+                if other in results and other != key:
+                    yield f"{LABELS[key]}/({other}) = {results[key].rate / results[other].rate:.2f}"
 
 
 def format_medians(rounds: list[dict[str, VariantResult]]) -> Iterator[str]:
     """Per-variant median rate over the rounds, and the median of each round's (c) ratios (a ratio from one
     round compares runs made minutes apart; the machine's speed drifts more between rounds than within)."""
     yield f"\nmedians over {len(rounds)} rounds"
-    for key in ("a", "b", "d", "c"):
+    for key in ("a", "b", "d", "c", "cb"):
         rates = [r[key].rate for r in rounds if key in r]
         if rates:
-            yield f"({key}) {VARIANTS[key]:<42} {statistics.median(rates):10.0f}   rounds: " + \
+            yield f"{LABELS[key]} {VARIANTS[key]:<42} {statistics.median(rates):10.0f}   rounds: " + \
                   ", ".join(f"{rate:.0f}" for rate in rates)
-    for other in ("d", "b", "a"):
-        ratios = [r["c"].rate / r[other].rate for r in rounds if "c" in r and other in r]
+    for key, other in (("c", "d"), ("c", "b"), ("c", "a"), ("cb", "a"), ("cb", "c")):
+        ratios = [r[key].rate / r[other].rate for r in rounds if key in r and other in r]
         if ratios:
-            yield f"(c)/({other}) median {statistics.median(ratios):.2f}   rounds: " + \
+            yield f"{LABELS[key]}/({other}) median {statistics.median(ratios):.2f}   rounds: " + \
                   ", ".join(f"{ratio:.2f}" for ratio in ratios)
 
 
@@ -557,7 +642,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--events", type=int, default=500_000, help="beacons to pre-load (default 500000)")
     parser.add_argument("--members", type=int, default=100_000, help="member pool (default 100000)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--variants", default="a,b,d,c", help="subset of a,b,d,c, run in the order given")
+    parser.add_argument("--variants", default="a,b,d,c,cb",
+                        help="subset of a,b,d,c,cb (cb = (c′), batched records), run in the order given")
+    parser.add_argument("--batch-rate", type=int, default=8000,
+                        help="(c′): beacons/s arriving at the collector, which with its 50 ms window sets the "
+                             "batch size (default 8000: ~100 beacons per record on 4 partitions)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the variants this many times (fresh groups each round); prints medians")
     parser.add_argument("--bootstrap", default=Settings.from_env().kafka_bootstrap)
@@ -598,14 +687,24 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(create_topic(args.bootstrap, topic))
         began = time.time()
         # Event times end now: the worker's abandonment timers (>= 15 min) stay in the future during the run.
-        beacons = generate_beacons(members=args.members, events=args.events, seed=args.seed,
-                                   start_ms=int(began * 1000) - 600_000, span_s=600)
-        n = asyncio.run(produce(args.bootstrap, topic, beacons))
-        print(f"pre-loaded {n} beacons into {topic} in {time.time() - began:.1f}s", file=sys.stderr)
+        beacons = list(generate_beacons(members=args.members, events=args.events, seed=args.seed,
+                                        start_ms=int(began * 1000) - 600_000, span_s=600))
         keys = [v.strip() for v in args.variants.split(",") if v.strip()]
         for key in keys:
             if key not in VARIANTS:
-                raise SystemExit(f"unknown variant {key!r} (use a, b, c, d)")
+                raise SystemExit(f"unknown variant {key!r} (use a, b, c, d, cb)")
+        if keys != ["cb"]:
+            n = asyncio.run(produce(args.bootstrap, topic, beacons))
+            print(f"pre-loaded {n} beacons into {topic} in {time.time() - began:.1f}s", file=sys.stderr)
+        else:
+            n = len(beacons)
+        # (c′): the same beacons as the collector batches them, produced to a fresh topic once the worker runs
+        # (its start-up on a loaded machine can outlast the whole run of batched records)
+        window = max(1, args.batch_rate * 50 // 1000)
+        batched = list(batch_records(beacons, window=window)) if "cb" in keys else []
+        if batched:
+            print(f"{n} beacons as {len(batched)} batch records ({n / len(batched):.1f} per record, windows of "
+                  f"{window})", file=sys.stderr)
         rounds: list[dict[str, VariantResult]] = []
         failed = False
         for round_ in range(1, args.rounds + 1):
@@ -614,11 +713,18 @@ def main(argv: list[str] | None = None) -> int:
             for key in keys:
                 print(f"round {round_}: running ({key}) {VARIANTS[key]} ...", file=sys.stderr)
                 try:
-                    if key == "c":
-                        kf_settings = kagoflow_settings(tag=tag, prefix=prefix, workdir=workdir,
+                    if key in ("c", "cb"):
+                        key_prefix = prefix if key == "c" else f"{tag}-batched-r{round_}-"
+                        feed = None
+                        if key == "cb":
+                            key_topic = Topics(key_prefix).beacons
+                            asyncio.run(create_topic(args.bootstrap, key_topic))
+                            feed = functools.partial(produce_batches, args.bootstrap, key_topic, batched)
+                        kf_settings = kagoflow_settings(tag=tag, prefix=key_prefix, workdir=workdir,
                                                         bootstrap=args.bootstrap, archive=not args.no_archive,
-                                                        round_=round_)
-                        results[key] = run_kagoflow_variant(topic, n, kf_settings, timeout_s=timeout_s,
+                                                        round_=round_, name=key)
+                        results[key] = run_kagoflow_variant(Topics(key_prefix).beacons, n, kf_settings,
+                                                            timeout_s=timeout_s, label=key, feed=feed,
                                                             archive_process=args.archive_process)
                     else:
                         results[key] = run_child_variant(key, topic=topic, n=n, bootstrap=args.bootstrap,

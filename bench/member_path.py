@@ -1,12 +1,14 @@
 """The member agent's own cost per event, without Faust or Kafka: where kagoflow's share of (c) goes.
 
-    .venv/bin/python bench/member_path.py [--events 300000] [--members 60000] [--profile]
+    .venv/bin/python bench/member_path.py [--events 300000] [--members 60000] [--batch N] [--profile]
 
 Feeds the same session-shaped beacons as ``bench/ingest.py`` (serialized as the storefront sends them)
 through ``MemberProcessor.on_event`` — parse, dedup, engine, due heap, watch index, flushes of member
 buckets into a dict standing in for the Faust table — with the rules in ``rules/``, a wall clock that
 advances with the events (so flushes happen every ``KAGOFLOW_STATE_FLUSH_SECONDS`` of event time at
-the rate the real worker reaches) and in-memory cap store and outbox. Prints µs per event. ``bench/ingest.py``
+the rate the real worker reaches) and in-memory cap store and outbox. Prints µs per event. ``--batch N``:
+the beacons as partition-batched records of up to N (``{"batch": […]}``, as ``kagoflow collect`` makes them:
+consecutive beacons grouped per partition), µs per beacon. ``bench/ingest.py``
 measures the real thing; this isolates the part kagoflow controls (see README "Benchmarks").
 """
 
@@ -30,6 +32,7 @@ from kagoflow.core.caps import InMemoryCapStore
 from kagoflow.core.engine import Engine
 from kagoflow.loading import load_ruleset
 from kagoflow.settings import Settings
+from kagoflow.streams.contract import encode_batch
 from kagoflow.streams.topics import Topics
 from kagoflow.worker import buckets
 from kagoflow.worker.processor import MemberProcessor, profile_snapshot
@@ -60,6 +63,23 @@ class _Outbox:
         return []
 
 
+def records(beacons: list[tuple[bytes, int, bytes]], batch: int) -> list[tuple[bytes, int, bytes, int]]:
+    """(value, partition, key, index of its first beacon): the beacons one record each, or (``batch`` > 1)
+    grouped per partition in windows of ``batch`` × partitions consecutive beacons, as the collector groups
+    what arrives within its linger window."""
+    if batch <= 1:
+        return [(value, partition, key, i) for i, (value, partition, key) in enumerate(beacons)]
+    out: list[tuple[bytes, int, bytes, int]] = []
+    window = batch * PARTITIONS
+    for start in range(0, len(beacons), window):
+        groups: dict[int, list[tuple[bytes, int, bytes]]] = {}
+        for item in beacons[start:start + window]:
+            groups.setdefault(item[1], []).append(item)
+        for partition, items in groups.items():
+            out.append((encode_batch([value for value, _, _ in items]), partition, items[0][2], start))
+    return out
+
+
 async def run(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     ruleset = load_ruleset(settings)
@@ -87,8 +107,8 @@ async def run(args: argparse.Namespace) -> None:
     began = time.perf_counter()
     if profiler:
         profiler.enable()
-    for offset, (value, partition, key) in enumerate(beacons):
-        now[0] = start + int(offset * step_ms)
+    for offset, (value, partition, key, first) in enumerate(records(beacons, args.batch)):
+        now[0] = start + int(first * step_ms)
         await on_event(topic=topic, partition=partition, key=key, value=value, timestamp_ms=now[0],
                        offset=offset, event=ack)
     if profiler:
@@ -115,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=5000.0,
                         help="events per second of simulated wall time (sets how often flushes happen)")
+    parser.add_argument("--batch", type=int, default=1, help="beacons per record (partition-batched records)")
     parser.add_argument("--profile", action="store_true", help="cProfile the run (slower), top 30 by own time")
     args = parser.parse_args(argv)
     asyncio.run(run(args))

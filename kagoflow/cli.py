@@ -19,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("worker", help="run the streaming worker (Faust agents, archive, web server)")
+    sub.add_parser("collect", help="run the HTTP beacon collector (POST /beacons → partition-batched records)")
 
     rules = sub.add_parser("rules", help="rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
@@ -88,6 +89,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kagoflow.agents.app import run_worker
 
         return run_worker(settings)
+    if args.command == "collect":
+        from kagoflow.collector.server import run_collector
+
+        return run_collector(settings)
     if args.command == "rules":
         from kagoflow.loading import load_ruleset
 

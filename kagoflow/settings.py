@@ -131,6 +131,30 @@ class Settings:
     """Encoded member state kept in memory (decoded buckets), beyond the decoded states being worked on."""
     rocksdb_block_cache_mb: int = 64
     rocksdb_write_buffer_mb: int = 16
+    # -- Beacon collector (``kagoflow collect``) ---------------------------------------------------
+    collector_host: str = "127.0.0.1"
+    collector_port: int = 16068
+    """``POST /beacons`` for storefront JavaScript and shop servers (CORS: ``shop_domains``)."""
+    collector_linger_ms: int = 50
+    """Beacons of one partition arriving within this window become one Kafka record (``{"batch": […]}``)."""
+    collector_batch_bytes: int = 256 * 1024
+    """A batch record is sent early when it reaches this size (at most 512 KiB, the contract's bound)."""
+    collector_max_body_bytes: int = 256 * 1024
+    """Largest request body; larger ones get 413."""
+    collector_max_beacons: int = 500
+    """Most beacons in one request; more get 413."""
+    collector_rate_per_ip: float = 20.0
+    """Requests per second per client address (token bucket, ``collector_rate_burst`` saved up); 0 = off."""
+    collector_rate_burst: int = 40
+    collector_trust_forwarded: bool = False
+    """Count the rate per the last ``X-Forwarded-For`` address (set it only behind the shop's own proxy)."""
+    collector_max_pending: int = 100_000
+    """Beacons waiting for Kafka's acknowledgement; beyond it requests get 503 (Kafka is behind)."""
+    collector_ack_timeout_seconds: float = 5.0
+    """A request whose beacons Kafka has not acknowledged within this time gets 503 (retry; repeats are
+    dropped by ``event_id``); while a batch is older, new requests get 503 at once."""
+    collector_retry_after_seconds: int = 5
+    """``Retry-After`` of a 503."""
     min_delay_seconds: int = 15 * 60
     """Floor of abandonment delays; lower it only for demos (``KAGOFLOW_MIN_DELAY_SECONDS``)."""
     log_level: str = "info"
@@ -149,7 +173,8 @@ class Settings:
     ``operator_token``; empty = this machine's operator server (``operator_url`` / ``operator_port``)."""
 
     def __post_init__(self) -> None:
-        for name in ("partitions", "state_buckets", "state_cache_mb"):
+        for name in ("partitions", "state_buckets", "state_cache_mb", "collector_linger_ms", "collector_batch_bytes",
+                     "collector_max_body_bytes", "collector_max_beacons", "collector_max_pending"):
             if getattr(self, name) < 1:
                 raise ValueError(f"KAGOFLOW_{name.upper()}={getattr(self, name)!r}: must be at least 1")
 

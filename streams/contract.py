@@ -9,8 +9,10 @@ fields. The human-readable contract is ``streams/CONTRACT.md``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import struct
 import unicodedata
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, cast
@@ -48,6 +50,11 @@ DLQ_SUFFIX: Final = ".dlq"
 
 MAX_RECORD_BYTES: Final = 64 * 1024
 """Larger records are rejected before decoding: no storefront action is that big."""
+MAX_BATCH_BYTES: Final = 512 * 1024
+"""Bound of a batch record on ``beacons`` (``{"batch": [beacon, …]}``): half the broker's default message size."""
+MAX_BATCH_ITEMS: Final = 10_000
+BATCH_PREFIX: Final = b'{"batch":'
+"""How a batch record starts (``encode_batch``); a record over ``MAX_RECORD_BYTES`` is judged a batch by it."""
 MAX_ID = 128
 MAX_SHOP_ID = 64
 MAX_EMAIL = 254
@@ -71,6 +78,7 @@ _LOCALE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _MISSING: Final = object()
+_WORDS: Final = struct.Struct("<I")
 
 
 def dlq_topic(topic: str) -> str:
@@ -223,11 +231,11 @@ def _text_list(data: dict[str, Any], field: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _loads(raw: bytes | bytearray | memoryview | str | None) -> dict[str, Any]:
+def _loads(raw: bytes | bytearray | memoryview | str | None, *, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
     if raw is None:
         raise ContractError("record: null value (a tombstone; input topics take no deletes)")
-    if len(raw) > MAX_RECORD_BYTES:
-        raise ContractError(f"record: larger than {MAX_RECORD_BYTES} bytes")
+    if len(raw) > max_bytes:
+        raise ContractError(f"record: larger than {max_bytes} bytes")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -504,6 +512,80 @@ def order_from_dict(data: dict[str, Any], *, default_ts: int | None = None) -> O
 
 def parse_beacon(raw: bytes | None) -> Beacon:
     return new_beacon(*beacon_fields(_loads(raw)))
+
+
+def beacon_record(raw: bytes | None) -> dict[str, Any] | list[Any]:
+    """Decode a ``beacons`` record: a single beacon's object (validate it with ``beacon_fields``), or the
+    items of a batch record ``{"batch": [beacon, …]}`` (validate each with ``batch_item``).
+
+    A batch record is an object with a non-null ``batch`` field (its other fields are ignored); it may be up to
+    ``MAX_BATCH_BYTES``, a single beacon up to ``MAX_RECORD_BYTES`` as before. One decode either way: the
+    single-record path costs what ``parse_beacon`` did.
+    """
+    size = 0 if raw is None else len(raw)
+    if size > MAX_RECORD_BYTES:
+        if bytes(cast(bytes, raw)[:len(BATCH_PREFIX)]) != BATCH_PREFIX:
+            raise ContractError(f"record: larger than {MAX_RECORD_BYTES} bytes")
+        if size > MAX_BATCH_BYTES:
+            raise ContractError(f"batch: larger than {MAX_BATCH_BYTES} bytes")
+    data = _loads(raw, max_bytes=MAX_BATCH_BYTES)
+    items = data.get("batch")
+    if items is None:
+        if size > MAX_RECORD_BYTES:
+            raise ContractError(f"record: larger than {MAX_RECORD_BYTES} bytes")
+        return data
+    if type(items) is not list or not 0 < len(items) <= MAX_BATCH_ITEMS:
+        raise ContractError(f"batch: must be a list of 1 to {MAX_BATCH_ITEMS} beacons")
+    return items
+
+
+def batch_item(items: list[Any], index: int) -> BeaconFields:
+    """``beacon_fields`` of item ``index`` of a batch record; a rejection names it: ``batch[3].type: …``."""
+    item = items[index]
+    if type(item) is not dict:
+        raise ContractError(f"batch[{index}]: not a JSON object")
+    try:
+        return beacon_fields(item)
+    except ContractError as exc:
+        raise ContractError(f"batch[{index}].{exc.reason}") from None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java client and aiokafka alike) gives a keyed record:
+    murmur2 of the key, sign bit cleared, modulo the partition count. Cached: a member's beacons come in
+    sessions, and the collector and the worker ask per beacon."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``) as an unsigned 32-bit value.
+
+    Same result as ``aiokafka.partitioner.murmur2`` (tested), ~2× faster: the body reads 4-byte words with
+    ``struct`` instead of indexing bytes one by one."""
+    m = 0x5BD1E995
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    body = length & ~3
+    for (k,) in _WORDS.iter_unpack(data[:body]):
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> 24
+        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
+    extra = length & 3
+    if extra:
+        if extra == 3:
+            h ^= data[body + 2] << 16
+        if extra >= 2:
+            h ^= data[body + 1] << 8
+        h = ((h ^ data[body]) * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
+def encode_batch(beacons: list[bytes]) -> bytes:
+    """A batch record from encoded beacons (each a JSON object), all of one partition (see CONTRACT.md)."""
+    return BATCH_PREFIX + b"[" + b",".join(beacons) + b"]}"
 
 
 def parse_beacon_fields(raw: bytes | None) -> BeaconFields:

@@ -204,7 +204,11 @@ class Archiver:
             try:
                 if msg.value is None:
                     raise ContractError("record: empty value")
-                rows.append(mapper(msg.value, partition, msg.offset, msg.timestamp))
+                row = mapper(msg.value, partition, msg.offset, msg.timestamp)
+                if isinstance(row, list):  # a batch record's beacons
+                    rows.extend(row)
+                else:
+                    rows.append(row)
             except ContractError as exc:
                 self.metrics.records_skipped[tp.topic] = self.metrics.records_skipped.get(tp.topic, 0) + 1
                 self.metrics.last_skip_reason = f"{tp.topic}[{partition}]@{msg.offset}: {exc.reason}"

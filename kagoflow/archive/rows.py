@@ -33,8 +33,9 @@ DELIVERY_RESULTS: Final = frozenset(
 ENGAGEMENT_EVENTS: Final = frozenset({"open", "click", "unsubscribe", *DELIVERY_RESULTS})
 
 Row = tuple[Any, ...]
-Mapper = Callable[[bytes, int, int, int | None], Row]
-"""(value, kafka partition, kafka offset, kafka timestamp ms) → row; raises ``ContractError``."""
+Mapper = Callable[[bytes, int, int, int | None], Row | list[Row]]
+"""(value, kafka partition, kafka offset, kafka timestamp ms) → row (a list of rows: a batch record);
+raises ``ContractError``."""
 
 _KAFKA = ("kafka_partition", "kafka_offset")
 COLUMNS: Final[dict[str, tuple[str, ...]]] = {
@@ -59,9 +60,23 @@ def _seconds(ms: int | None) -> int | None:
     return None if ms is None else ms // 1000
 
 
-def beacon_row(value: bytes, partition: int, offset: int, timestamp: int | None) -> Row:
-    event_id, member_id, kind, ts, product_id, price, quantity, device, shop_id, product_ids, order_id = (
-        contract.parse_beacon_fields(value))
+def beacon_row(value: bytes, partition: int, offset: int, timestamp: int | None) -> Row | list[Row]:
+    """One row, or a list of rows for a batch record (``{"batch": […]}``): its valid beacons (the bad ones
+    are the worker's dead letters), all with the record's partition and offset."""
+    data = contract.beacon_record(value)
+    if isinstance(data, dict):
+        return _beacon_row(contract.beacon_fields(data), partition, offset)
+    rows: list[Row] = []
+    for index in range(len(data)):
+        try:
+            rows.append(_beacon_row(contract.batch_item(data, index), partition, offset))
+        except ContractError:
+            continue
+    return rows
+
+
+def _beacon_row(fields: contract.BeaconFields, partition: int, offset: int) -> Row:
+    event_id, member_id, kind, ts, product_id, price, quantity, device, shop_id, product_ids, order_id = fields
     return (ts, event_id, member_id, kind, product_id or "", list(product_ids), order_id or "", price,
             quantity, device or "", shop_id, partition, offset)
 

@@ -29,7 +29,7 @@ from kagoflow.core.coupons import CouponPool
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
-from kagoflow.core.events import Beacon, Engagement, MemberRecord, MemberUpdate
+from kagoflow.core.events import Beacon, Engagement, MemberRecord, MemberUpdate, new_beacon
 from kagoflow.core.rules import RuleSet
 from kagoflow.core.scenario import order_snapshot
 from kagoflow.core.sending import finish_decisions
@@ -97,6 +97,9 @@ class Ackable(Protocol):
 @dataclass
 class Metrics:
     events: int = 0
+    """Records handled (a batch record counts once) ..."""
+    batched_beacons: int = 0
+    """... and the beacons that came in batch records (``{"batch": […]}``)."""
     duplicates: int = 0
     dead_letters: int = 0
     dead_letter_failures: int = 0
@@ -113,6 +116,7 @@ class Metrics:
     def as_dict(self) -> dict[str, Any]:
         return {
             "events": self.events,
+            "batched_beacons": self.batched_beacons,
             "duplicates": self.duplicates,
             "dead_letters": self.dead_letters,
             "dead_letter_failures": self.dead_letter_failures,
@@ -156,8 +160,12 @@ class MemberProcessor:
         addresses: AddressBook | None = None,
         coupons: CouponPool | None = None,
         coupon_secret: str = "",
+        partitions: int = 0,
     ) -> None:
         self.engine = engine
+        self.partitions = partitions
+        """Partition count of the member topics: a batch record's beacons must hash to its partition (0 = not
+        checked)."""
         self.addresses = addresses
         """Cross-member suppression by e-mail address (``kagoflow.core.suppression``); None = off."""
         self._to_list: list[tuple[str, str]] = []
@@ -236,7 +244,11 @@ class MemberProcessor:
         try:
             kind = self._kinds.get(topic) or self._kinds.setdefault(topic, self.names.kind(topic))
             if kind == "beacons":
-                decisions = self._on_member_record(kind, key, value, timestamp_ms, partition, offset)
+                data = contract.beacon_record(value)
+                if type(data) is dict:
+                    decisions = self._on_beacon(new_beacon(*contract.beacon_fields(data)), key, partition)
+                else:
+                    decisions = self._on_batch(book, topic, partition, offset, cast(list[Any], data))
             elif kind == "kagoflow-ticks":
                 budget = IDLE_FLUSH_BUDGET_S
             elif kind == "kagoflow-catalog-events":
@@ -265,9 +277,7 @@ class MemberProcessor:
         self, kind: str, key: bytes | None, value: bytes | None, timestamp_ms: int, partition: int, offset: int
     ) -> list[Decision]:
         record: MemberRecord | None
-        if kind == "beacons":
-            record = contract.parse_beacon(value)
-        elif kind == "members":
+        if kind == "members":
             record = contract.parse_member(value, default_ts=timestamp_ms)
         elif kind == "orders":
             record = contract.parse_order(value, default_ts=timestamp_ms)
@@ -279,10 +289,46 @@ class MemberProcessor:
             raise ContractError(f"topic: not a member topic {kind!r}")
         if key != record.member_id.encode():  # the key chose the partition whose state holds the member
             contract.check_key(key, record.member_id, "member_id")
-        state = self.cache.get(record.member_id)
         # Profiles and orders carry no event id: their offset identifies them, so a record replayed after a
         # crash (state flushed, offset not yet committed) is not applied twice. "\x00" never occurs in an id.
-        replay_key = record.event_id if isinstance(record, Beacon) else f"\x00{kind}@{offset}"
+        return self._apply(record, f"\x00{kind}@{offset}", partition)
+
+    def _on_beacon(self, beacon: Beacon, key: bytes | None, partition: int) -> list[Decision]:
+        if key != beacon.member_id.encode():
+            contract.check_key(key, beacon.member_id, "member_id")
+        return self._apply(beacon, beacon.event_id, partition)
+
+    def _on_batch(self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int,
+                  items: list[Any]) -> list[Decision]:
+        """A batch record (``{"batch": [beacon, …]}``, the collector's): each beacon as if it came alone, in
+        order — deduplicated by its ``event_id``, and a bad one parked alone in ``<topic>.dlq`` (reason
+        ``batch[i]. …``, its own bytes, its member as key) while the others go on. The record is acked
+        once, like any record: after the flush that stores every beacon's effect."""
+        decisions: list[Decision] = []
+        partitions = self.partitions
+        self.metrics.batched_beacons += len(items)
+        for index in range(len(items)):
+            try:
+                beacon = new_beacon(*contract.batch_item(items, index))
+                if partitions and contract.key_partition(beacon.member_id.encode(), partitions) != partition:
+                    raise ContractError(f"batch[{index}].member_id: {beacon.member_id!r} belongs to partition "
+                                        f"{contract.key_partition(beacon.member_id.encode(), partitions)}, "
+                                        f"not {partition}")
+                decisions += self._apply(beacon, beacon.event_id, partition)
+            except Exception as exc:  # bad data (or a bug): park this beacon, carry on with the others
+                reason = exc.reason if isinstance(exc, ContractError) else (
+                    f"batch[{index}]: internal: {type(exc).__name__}: {exc}")
+                if not isinstance(exc, ContractError):
+                    log.exception("unexpected error on %s[%d]@%d batch[%d]", topic, partition, offset, index)
+                item = items[index]
+                member = item.get("member_id") if type(item) is dict else None
+                self._dead_letter_now(book, topic, partition, offset,
+                                      member.encode() if type(member) is str else None, orjson.dumps(item), reason)
+        return decisions
+
+    def _apply(self, record: MemberRecord, replay_key: str, partition: int) -> list[Decision]:
+        """Apply one parsed record of ``partition`` to its member's state, unless it was applied before."""
+        state = self.cache.get(record.member_id)
         if state.seen_event(replay_key):
             self.metrics.duplicates += 1
             return []
@@ -428,6 +474,12 @@ class MemberProcessor:
     ) -> None:
         """Park the record in ``<topic>.dlq``; the partition's next acks wait until Kafka has it (a failed
         produce is retried, never raised: see ``kagoflow.streams.deadletter``)."""
+        self._dead_letter_now(book, topic, partition, offset, key, value, reason)
+
+    def _dead_letter_now(
+        self, book: PartitionBook[MemberState, Ackable], topic: str, partition: int, offset: int,
+        key: bytes | None, value: bytes | None, reason: str,
+    ) -> None:
         self.metrics.dead_letters += 1
         book.in_flight.append(asyncio.ensure_future(deadletter.park(
             self.outbox, topic, partition, offset, key, value, reason, on_retry=self._dead_letter_failed)))
@@ -550,4 +602,5 @@ def make_processor(settings: Settings, ruleset: RuleSet, *, table: ScannableTabl
         addresses=addresses,
         coupons=coupons,
         coupon_secret=settings.tracking_secret,
+        partitions=settings.partitions,
     )

@@ -12,6 +12,7 @@ from kagoflow.archive.batch import Batch
 from kagoflow.archive.rows import ARCHIVE_TOPICS, COLUMNS, MAPPERS, parse_engagement
 from kagoflow.core.decisions import Decision
 from kagoflow.core.errors import ContractError
+from kagoflow.streams.contract import encode_batch
 
 TS = 1_709_222_400_000
 
@@ -35,6 +36,14 @@ def test_beacon_row() -> None:
     assert row == {"ts_ms": TS, "event_id": "e1", "member_id": "m1", "type": "purchase", "product_id": "",
                    "product_ids": ["a", "b"], "order_id": "", "price": None, "quantity": None,
                    "device": "mobile", "shop_id": "default", "kafka_partition": 2, "kafka_offset": 41}
+
+
+def test_a_batch_record_archives_its_valid_beacons() -> None:
+    good = {"event_id": "e1", "member_id": "m1", "type": "view", "product_id": "p1", "ts": TS}
+    batch = encode_batch([orjson.dumps(good), b'{"event_id": "e2"}', orjson.dumps({**good, "event_id": "e3"})])
+    rows = MAPPERS["beacons"][1](batch, 2, 41, TS)
+    assert isinstance(rows, list)
+    assert [(row[1], row[-2], row[-1]) for row in rows] == [("e1", 2, 41), ("e3", 2, 41)]
 
 
 def test_upsert_rows_take_the_kafka_timestamp_when_ts_is_absent() -> None:

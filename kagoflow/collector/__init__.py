@@ -1,0 +1,1 @@
+"""The beacon collector (``kagoflow collect``): storefront beacons over HTTP into partition-batched records."""
