@@ -174,6 +174,7 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
     store = RedisStore.from_url(settings.redis_url, prefix=f"{settings.app_id}:")
     coupons = RedisCouponPool(store.client, prefix=f"{settings.app_id}:")
     await coupons.load_all(ruleset.coupon_pools)  # idempotent; every worker may do it
+    await store.migrate_suppression_hashes()  # an earlier version's two global hashes; idempotent
     processor = make_processor(settings, ruleset, table=table, catalog=catalog, caps=store.caps, outbox=outbox,
                                addresses=store, coupons=coupons)
     await outbox.start()
