@@ -270,8 +270,10 @@ class RedisStore:
         self._owner = secrets.token_hex(6)
         self._attempts = itertools.count()
         """Owner tokens of reservations: this store's random id and a counter (unique without a syscall)."""
-        # Reservations and confirmations of one event-loop turn: one pipeline, one script call for each kind.
+        # Ledger calls of one event-loop turn go together: the marks and confirmations in one pipeline, the
+        # reservations (which read the suppression list first) in their own two.
         self._ledger: _Coalescer[tuple[str, ...], Any] = _Coalescer(self._ledger_flush)
+        self._reserves: _Coalescer[tuple[str, ...], Any] = _Coalescer(self._reserve_flush)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "kf:") -> RedisStore:
@@ -310,7 +312,7 @@ class RedisStore:
             self._email_key(email) if email.strip() else "",
             LedgerEntry("reserved", now_ms, token).encode(),
         )
-        kind, value = await _guard(lambda: self._ledger.call(item))
+        kind, value = await _guard(lambda: self._reserves.call(item))
         if kind == "reserved":
             return Reservation(reserved=True, token=token)
         if kind == "resumed":
@@ -334,37 +336,40 @@ class RedisStore:
             raise LostReservation(f"the reservation of {key} was taken over; not transmitting")
 
     async def _ledger_flush(self, ops: list[tuple[str, ...]]) -> list[Any]:
-        """The turn's ledger work in (at most) two round trips: the suppression reads of the reservations
-        with the transmission marks and confirmations, then the reservations. Script calls are grouped by
-        hash slot (one call per kind on a single Redis)."""
-        reserves = [i for i, op in enumerate(ops) if op[0] == "reserve"]
-        commands: list[tuple[Any, ...]] = []
-        reads: list[tuple[int, int]] = []  # (op index, command index): member first, then address
-        for i in reserves:
-            for read_key in ops[i][2:4]:
-                if read_key:
-                    reads.append((i, len(commands)))
-                    commands.append(("GET", read_key))
+        """The turn's transmission marks and confirmations in one round trip (a mark is answered as soon as
+        it is written: the end of DATA waits for it). Script calls are grouped by hash slot (one call per
+        kind on a single Redis)."""
         calls = self._script_calls(_TRANSMIT_LUA, ops, "transmit", lambda i: ops[i][2:4])
         calls += self._script_calls(_CONFIRM_LUA, ops, "confirm", lambda i: ops[i][2:3])
-        answers = await execute(self.client, commands + [command for command, _ in calls])
         results: list[Any] = [None] * len(ops)
-        for (_, group), answer in zip(calls, answers[len(commands):], strict=True):
+        for (_, group), answer in zip(calls, await execute(self.client, [c for c, _ in calls]), strict=True):
             for n, i in enumerate(group):
                 if isinstance(answer, Exception):
                     results[i] = answer
                 elif ops[i][0] == "transmit":
                     results[i] = bool(int(answer[n]))
-        if not reserves:
-            return results
-        reasons: dict[int, str | Exception] = {i: "" for i in reserves}
+        return results
+
+    async def _reserve_flush(self, ops: list[tuple[str, ...]]) -> list[Any]:
+        """The turn's reservations in two round trips: the suppression keys of their members and addresses
+        are read, then one script per hash slot reserves (or answers) each in order."""
+        commands: list[tuple[Any, ...]] = []
+        reads: list[tuple[int, int]] = []  # (op index, command index): member first, then address
+        for i, op in enumerate(ops):
+            for read_key in op[2:4]:
+                if read_key:
+                    reads.append((i, len(commands)))
+                    commands.append(("GET", read_key))
+        answers = await execute(self.client, commands)
+        results: list[Any] = [None] * len(ops)
+        reasons: list[str | Exception] = [""] * len(ops)
         for i, at in reads:
             read = answers[at]
             if isinstance(read, Exception):
                 reasons[i] = read
             elif read is not None and reasons[i] == "":
                 reasons[i] = _text(read)
-        for i, reason in reasons.items():
+        for i, reason in enumerate(reasons):
             if isinstance(reason, Exception):
                 results[i] = reason
                 ops[i] = ("failed",)
