@@ -29,6 +29,7 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from timer_lag import now_ms, write_rules  # bench/ is sys.path[0] when run as a script
 
 from kagoflow.adapters.kafka_admin import TopicSpec, ensure_topics
 from kagoflow.settings import PROJECT_ROOT, Settings
@@ -36,18 +37,6 @@ from kagoflow.streams.topics import Topics
 
 SESSION_TIMEOUT_S = 10.0
 """``broker_session_timeout`` of the worker (agents/app.py)."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def write_rules(directory: Path, delay_s: int) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "shop.yaml").write_text("timezone: Asia/Tokyo\n")
-    (directory / "cart.yaml").write_text(
-        "id: cart-takeover\nkind: abandonment\ntrigger: cart\nclock: action\n"
-        f"send: {{after: {delay_s}s}}\ntemplate: cart\n")
 
 
 async def load_state(producer: AIOKafkaProducer, topics: Topics, members: int) -> None:
