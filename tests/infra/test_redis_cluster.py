@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,12 @@ pytestmark = pytest.mark.integration
 
 
 def _free_base_port() -> int:
-    """A port p with p, p+1, p+2 free (the three masters)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + 2 < 65536 and all(_free(base + i) for i in range(3)):
+    """A port p with p, p+1, p+2 free (the three masters) and their cluster bus ports (+10000) too; Redis
+    refuses a port above 55535 (its bus port would not exist)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 45_000)
+        if all(_free(base + i) and _free(base + 10_000 + i) for i in range(3)):
             return base
     raise RuntimeError("no three consecutive free ports")
 
