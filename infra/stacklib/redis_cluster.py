@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = [int(p) for p in args.ports.split(",")]
     servers = [_server(port, args.cluster_dir / str(port)) for port in ports]
 
-    def stop(*_: object) -> None:
+    def stop(*_: object, code: int = 0) -> None:
         for server in servers:
             if server.poll() is None:
                 server.terminate()
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 server.kill()
-        sys.exit(0)
+        sys.exit(code)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     while not all(_ping(port) for port in ports):
         if time.monotonic() > deadline or any(s.poll() is not None for s in servers):
             print("redis-cluster: a node did not start", file=sys.stderr, flush=True)
-            stop()
+            stop(code=1)
         time.sleep(0.1)
     created = args.cluster_dir / "created"
     if not created.exists():
@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         if result.returncode != 0:
             print("redis-cluster: redis-cli --cluster create failed", file=sys.stderr, flush=True)
-            stop()
+            stop(code=1)
         created.write_text("created\n")
     print(f"redis-cluster: masters on {args.ports}", flush=True)
     while all(s.poll() is None for s in servers):
         time.sleep(0.5)
     print("redis-cluster: a node exited; stopping the others", file=sys.stderr, flush=True)
-    stop()
+    stop(code=1)
     return 1
 
 
