@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -26,8 +28,7 @@ from aiokafka import AIOKafkaConsumer
 from kagoflow.backtest import run_backtest
 from kagoflow.core.decisions import Decision
 from kagoflow.mail.message import message_id_for
-from kagoflow.settings import Settings
-from tests.agents.support import mailbox_dir
+from kagoflow.settings import PROJECT_ROOT, Settings
 from tests.agents.worker_proc import WorkerProcess, free_port, produce_sync
 
 pytestmark = pytest.mark.integration
@@ -65,12 +66,13 @@ def _sibling(first: WorkerProcess, tmp: Path, name: str) -> WorkerProcess:
 
 
 class Sink:
-    """Message-IDs of the mails of this test's domain the stack's SMTP sink stored from now on."""
+    """Message-IDs of the mails of this test's domain a private SMTP sink (``infra/smtp_sink.py``) stored: the
+    test's ~1,200 mails stay out of the stack's shared sink, which other tests read whole."""
 
-    def __init__(self, domain: str) -> None:
+    def __init__(self, domain: str, path: Path) -> None:
         self.domain = domain
-        self.path = mailbox_dir()
-        self.seen = {p.name for p in self.path.glob("*.eml")}
+        self.path = path
+        self.seen: set[str] = set()
         self.ids: list[str] = []
 
     def poll(self) -> Counter[str]:
@@ -116,14 +118,19 @@ def _expected(tmp: Path, rules_dir: Path, settings: Settings, records: list[tupl
 def test_partitions_move_through_joins_leaves_and_kills_without_a_mail_lost_or_decided_twice(
         stack: Settings, tmp_path: Path) -> None:
     rules_dir = _rules(tmp_path / "rules")
-    first = WorkerProcess.create(stack, tmp_path, rules_dir=rules_dir, partitions=PARTITIONS)
+    smtp_port = free_port()
+    sink_log = (tmp_path / "sink.log").open("wb")
+    sink_proc = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "infra" / "smtp_sink.py"), "--port", str(smtp_port),
+         "--mail-dir", str(tmp_path / "sink" / "mail")], stdout=sink_log, stderr=subprocess.STDOUT)
+    first = WorkerProcess.create(stack, tmp_path, rules_dir=rules_dir, partitions=PARTITIONS, smtp_port=smtp_port)
     # The default state store interval, not the tests' 0.5 s: a partition that moves is replayed from its last
     # store, so the new owner re-decides up to 10 s of the old owner's decisions (what went twice before).
     first.settings = replace(first.settings, state_flush_seconds=FLUSH_S)
     first.env["KAGOFLOW_STATE_FLUSH_SECONDS"] = str(FLUSH_S)
     workers = [first, _sibling(first, tmp_path, "w2"), _sibling(first, tmp_path, "w3")]
     domain = f"{first.settings.app_id}.test"
-    sink = Sink(domain)
+    sink = Sink(domain, tmp_path / "sink" / "mail")
     members = [f"s{i:04d}" for i in range(MEMBERS)]
     records: list[tuple[str, str, dict[str, Any]]] = []
     feeding_error: list[BaseException] = []
@@ -181,6 +188,9 @@ def test_partitions_move_through_joins_leaves_and_kills_without_a_mail_lost_or_d
     finally:
         for worker in workers:
             worker.stop()
+        sink_proc.terminate()
+        sink_proc.wait(timeout=10)
+        sink_log.close()
     elapsed = time.monotonic() - started
     pairs = Counter((d["key"], d["status"]) for d in decided)
     twice = {pair: n for pair, n in pairs.items() if n > 1}
