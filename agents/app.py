@@ -19,6 +19,7 @@ from faust.types import TP
 
 from kagoflow.adapters.catalog_follower import CatalogFollower
 from kagoflow.adapters.coupon_pool import RedisCouponPool
+from kagoflow.adapters.decision_gate import DecisionGate
 from kagoflow.adapters.engagement import KafkaEngagementSink
 from kagoflow.adapters.kafka_admin import TopicSpec
 from kagoflow.adapters.kafka_outbox import KafkaOutbox
@@ -88,7 +89,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=True,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
         stream_wait_empty=False,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10.0,
@@ -114,8 +115,9 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     names = Topics(settings.topic_prefix)
     catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone,
                               topic=Topics(settings.topic_prefix).catalog)
-    outbox = KafkaOutbox(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.app_id}-outbox")
     store = RedisStore.from_url(settings.redis_url, prefix=f"{settings.app_id}:")
+    outbox = DecisionGate(KafkaOutbox(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.app_id}-outbox"),
+                          store.client, prefix=f"{settings.app_id}:", topic=names.mail_decisions)
     engagement = KafkaEngagementSink(settings, topic=names.engagement)
     deliverer = Deliverer(settings, store=store, sink=engagement)
 

@@ -127,6 +127,10 @@ class Settings:
     the Faust worker process, which then only moves records, table writes and acks. Faust's per-record
     path fills one core by itself; with the engine beside it a worker uses two (see README "Architecture").
     ``false``: everything in the Faust process."""
+    standby_replicas: int = 0
+    """Other workers keep a warm copy of each partition's member table (Faust standby replicas): a partition
+    that moves to a worker holding its standby skips most of the changelog replay, at the cost of that
+    worker reading every changelog record (see README "Scaling out")."""
     state_cache_mb: int = 256
     """Encoded member state kept in memory (decoded buckets), beyond the decoded states being worked on."""
     rocksdb_block_cache_mb: int = 64

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kagoflow.settings import Settings
-from stacklib.layout import SERVICE_NAMES, Layout
+from stacklib.layout import DEFAULT_SERVICES, SERVICE_NAMES, Layout
 from stacklib.procs import StackError, check_ports_free, listener_pid, read_pid, spawn, stop, wait_ready
 from stacklib.provision import apply_schema, ensure_topics
 from stacklib.services import SERVICES, Service
@@ -66,12 +66,22 @@ def _other_stacks(layout: Layout, service: Service) -> Running | None:
         cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
         return None
+    if cwd.parent.name == service.name:  # a redis-cluster node runs in its own folder below the service's
+        cwd = cwd.parent
     root = cwd.parent
     if cwd.name != service.name or root == layout.root:
         return None
-    if read_pid(root / "run" / f"{service.name}.pid", marker="") != pid:
+    owner = read_pid(root / "run" / f"{service.name}.pid", marker="")
+    if owner is None or owner not in {pid, _parent_pid(pid)}:  # the redis-cluster nodes are its children
         return None
-    return Running(pid, root)
+    return Running(owner, root)
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _start(layout: Layout, service: Service) -> Running:
@@ -151,10 +161,10 @@ def status(layout: Layout, names: Sequence[str], *, as_json: bool) -> int:
         print(json.dumps(rows))
     else:
         print(f"stack dir: {layout.root}")
-        print(f"{'SERVICE':<12}{'PORT':<8}{'PID':<10}STATE")
+        print(f"{'SERVICE':<15}{'PORT':<8}{'PID':<10}STATE")
         for row in rows:
             other = f" (run by the stack in {row['stack']})" if row["stack"] != str(layout.root) else ""
-            print(f"{row['service']:<12}{row['port']!s:<8}{row['pid'] or '-'!s:<10}{row['state']}{other}")
+            print(f"{row['service']:<15}{row['port']!s:<8}{row['pid'] or '-'!s:<10}{row['state']}{other}")
     return 0 if all(row["state"] == "up" for row in rows) else 3
 
 
@@ -175,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
                       ("status", "service, port, PID, up/down; exit status 3 if any is down")):
         p = sub.add_parser(cmd, help=text)
         p.add_argument("services", nargs="*", metavar="SERVICE",
-                       help=f"any of {', '.join(SERVICE_NAMES)} (default: all)")
+                       help=f"any of {', '.join(SERVICE_NAMES)} (default: all but redis-cluster)")
         if cmd == "status":
             p.add_argument("--json", action="store_true", help="one JSON list on standard output")
     p = sub.add_parser("provision", help="only create the topics and apply the ClickHouse schema, on the "
@@ -202,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         layout = Layout.from_env()
         if args.command == "logs":
             return logs(layout, args.service, lines=args.lines, follow=args.follow)
-        names = [n for n in SERVICE_NAMES if not args.services or n in args.services]
+        names = [n for n in SERVICE_NAMES if n in args.services] if args.services else list(DEFAULT_SERVICES)
         if args.command == "up":
             up(layout, names)
             return 0

@@ -17,7 +17,9 @@ from kagoflow.settings import PROJECT_ROOT, Settings
 
 INFRA_DIR = Path(__file__).resolve().parent.parent
 """``infra/`` of this checkout (also inside the Docker image, where the installed package lives elsewhere)."""
-SERVICE_NAMES = ("kafka", "redis", "clickhouse", "smtp")
+SERVICE_NAMES = ("kafka", "redis", "clickhouse", "smtp", "redis-cluster")
+DEFAULT_SERVICES = ("kafka", "redis", "clickhouse", "smtp")
+"""What ``infra/stack up`` starts without names; the Redis Cluster only when asked for (its tests)."""
 
 
 def _port_of(hostport: str, *, what: str) -> int:
@@ -44,6 +46,8 @@ class Layout:
     clickhouse_http_port: int
     clickhouse_interserver_port: int
     smtp_port: int
+    redis_cluster_port: int
+    """First of the three consecutive ports of the 3-master Redis Cluster (``infra/stack up redis-cluster``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Layout:
@@ -64,6 +68,7 @@ class Layout:
             clickhouse_http_port=settings.clickhouse_http_port,
             clickhouse_interserver_port=int(source.get("KAGOFLOW_STACK_CLICKHOUSE_INTERSERVER_PORT", 19009)),
             smtp_port=settings.smtp_port,
+            redis_cluster_port=int(source.get("KAGOFLOW_STACK_REDIS_CLUSTER_PORT", 17001)),
         )
 
     # -- folders -------------------------------------------------------------------------------
@@ -101,4 +106,5 @@ class Layout:
             "redis": (self.redis_port,),
             "clickhouse": (self.clickhouse_port, self.clickhouse_http_port, self.clickhouse_interserver_port),
             "smtp": (self.smtp_port,),
+            "redis-cluster": tuple(self.redis_cluster_port + i for i in range(3)),
         }[service]

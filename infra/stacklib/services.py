@@ -1,4 +1,4 @@
-"""The four services of the local stack: how each is installed, configured, started and probed."""
+"""The services of the local stack: how each is installed, configured, started and probed."""
 
 from __future__ import annotations
 
@@ -174,6 +174,21 @@ def _redis_argv(layout: Layout) -> list[str]:
     ]
 
 
+def _prepare_redis_cluster(layout: Layout) -> None:
+    layout.data_dir("redis-cluster").mkdir(parents=True, exist_ok=True)
+
+
+def _redis_cluster_argv(layout: Layout) -> list[str]:
+    ports = ",".join(str(p) for p in layout.ports("redis-cluster"))
+    return [sys.executable, str(INFRA_DIR / "stacklib" / "redis_cluster.py"),
+            "--cluster-dir", str(layout.data_dir("redis-cluster")), "--ports", ports]
+
+
+def _redis_cluster_ok(layout: Layout) -> bool:
+    """Every slot is served (``cluster_state:ok``), not merely the first node listening."""
+    return b"cluster_state:ok" in tcp_banner(layout.redis_cluster_port, send=b"CLUSTER INFO\r\n")
+
+
 def _clickhouse_config(layout: Layout) -> Path:
     return layout.data_dir("clickhouse") / "config.xml"
 
@@ -217,6 +232,11 @@ SERVICES: dict[str, Service] = {
         marker=lambda layout: "redis-server",
         probe=lambda layout: tcp_banner(layout.redis_port, send=b"PING\r\n").startswith(b"+PONG"),
         ready_timeout=20.0, stop_grace=10.0,
+    ),
+    "redis-cluster": Service(
+        name="redis-cluster", install=_install_redis, prepare=_prepare_redis_cluster, argv=_redis_cluster_argv,
+        marker=lambda layout: f"--cluster-dir {layout.data_dir('redis-cluster')}", probe=_redis_cluster_ok,
+        ready_timeout=30.0, stop_grace=15.0,
     ),
     "clickhouse": Service(
         name="clickhouse", install=_install_clickhouse, prepare=_prepare_clickhouse, argv=_clickhouse_argv,

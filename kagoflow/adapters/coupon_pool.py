@@ -15,8 +15,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from kagoflow.adapters.redis_conn import RedisClient
 from kagoflow.adapters.redis_store import _guard
 
 _TAKE = """
@@ -66,7 +65,7 @@ class PoolFileChanged(RuntimeError):
 class RedisCouponPool:
     """``kagoflow.core.coupons.CouponPool`` on Redis."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "kf:") -> None:
+    def __init__(self, client: RedisClient, *, prefix: str = "kf:") -> None:
         self._client = client
         self._prefix = prefix
         self._take = client.register_script(_TAKE)

@@ -3,6 +3,11 @@
 Every multi-step operation is one Lua script, so it is atomic and costs one round trip. Any Redis failure
 surfaces as ``StoreUnavailable``: callers wait and retry — a mail is never sent uncapped or unrecorded
 because Redis was away.
+
+Redis Cluster (``redis_conn``): every script call keeps its keys in one hash slot — a member's cap counters
+and cap answers carry the ``{member}`` tag, a ledger entry the ``{decision key}`` tag — and the suppression
+list is one key per member and per address (read before the ledger script and handed to it), never one
+global hash that a script would have to reach into from another slot.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-import redis.asyncio as aioredis
 import redis.exceptions
 
+from kagoflow.adapters.redis_conn import Lua, RedisClient, connect, execute, slot_groups
 from kagoflow.core.caps import CapRequest
 
 T = TypeVar("T")
@@ -45,7 +50,7 @@ async def _guard(call: Callable[[], Awaitable[T]]) -> T:
         return await call()
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise StoreUnavailable(f"redis unavailable: {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
+    except (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
         raise StoreUnavailable(f"redis error: {exc}") from exc
 
 
@@ -98,7 +103,7 @@ class _Coalescer(Generic[ItemT, ResultT]):
 class _Batcher:
     """Commands of one event-loop turn go to Redis as one pipeline (each keeps its own result or error)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
         self._coalescer: _Coalescer[tuple[Any, ...], Any] = _Coalescer(self._pipeline)
 
@@ -106,13 +111,10 @@ class _Batcher:
         return await self._coalescer.call(command)
 
     async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(await pipe.execute(raise_on_error=False))
+        return await execute(self._client, commands)
 
 
-_CAP_LUA = """
+_CAP_LUA = Lua("""
 local answer = redis.call('GET', KEYS[1])
 if answer then return tonumber(answer) end
 local n = #KEYS - 1
@@ -129,38 +131,51 @@ for i = 1, n do
 end
 redis.call('SET', KEYS[1], 1, 'EX', ARGV[n + 2])
 return 1
-"""
+""")
 
 
 class RedisCapStore:
     """``kagoflow.core.caps.CapStore`` on Redis: one script checks every counter, counts all or none, and
     remembers the answer under the decision's key so a replayed decision gets the same answer uncounted."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "kf:", batcher: _Batcher | None = None) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str = "kf:", batcher: _Batcher | None = None) -> None:
         self._client = client
         self._prefix = prefix
         self._batcher = batcher or _Batcher(client)
 
+    def counter_key(self, member_id: str, counter: str) -> str:
+        """A member's counters and cap answers share the ``{member}`` hash tag: one cluster slot."""
+        return f"{self._prefix}{{{member_id}}}:{counter}"
+
+    def answer_key(self, request: CapRequest) -> str:
+        return f"{self._prefix}capanswer:{{{request.member_id}}}:{request.key}"
+
     async def acquire(self, request: CapRequest) -> bool:
-        keys = [f"{self._prefix}capanswer:{request.key}"]
-        keys += [self._prefix + name for name, _ in request.counters]
+        keys = [self.answer_key(request)]
+        keys += [self.counter_key(request.member_id, name) for name, _ in request.counters]
         args = [limit for _, limit in request.counters] + [COUNTER_TTL_S, ANSWER_TTL_S]
-        answer = await _guard(lambda: self._batcher.call("EVAL", _CAP_LUA, len(keys), *keys, *args))
+        answer = await _guard(lambda: self._batcher.call(*_CAP_LUA.command(keys, args)))
+        if isinstance(answer, Exception):
+            raise StoreUnavailable(f"redis error: {answer}") from answer
         return bool(int(answer))
 
     async def check(self, request: CapRequest) -> bool:
         """``acquire``'s answer without counting (a held-out mail, a pool-coupon mail before its code): the
         key's stored answer (a replay), else whether every counter is below its limit. Checks of one
-        event-loop turn share one pipeline with the turn's ``acquire`` calls, in call order."""
-        names = [f"{self._prefix}capanswer:{request.key}"] + [self._prefix + name for name, _ in request.counters]
-        answer, *values = await _guard(lambda: self._batcher.call("MGET", *names))
+        event-loop turn share one pipeline with the turn's ``acquire`` calls, in call order; the answer and the
+        counters share the member's hash tag (one cluster slot)."""
+        names = [self.answer_key(request)] + [self.counter_key(request.member_id, name) for name, _ in request.counters]
+        reply = await _guard(lambda: self._batcher.call("MGET", *names))
+        if isinstance(reply, Exception):
+            raise StoreUnavailable(f"redis error: {reply}") from reply
+        answer, *values = reply
         if answer is not None:
             return bool(int(answer))
         return all(int(value or 0) < limit for value, (_, limit) in zip(values, request.counters, strict=True))
 
-    async def count(self, counter: str) -> int:
-        """Current value of one cap counter (for tests and operators)."""
-        value = await _guard(lambda: self._client.get(self._prefix + counter))
+    async def count(self, counter: str, *, member_id: str) -> int:
+        """Current value of one of a member's cap counters (for tests and operators)."""
+        value = await _guard(lambda: self._client.get(self.counter_key(member_id, counter)))
         return int(value or 0)
 
 
@@ -201,41 +216,37 @@ class Reservation:
     """The member or address is on the suppression list: the reason."""
 
 
-_RESERVE_LUA = """
--- KEYS[1], KEYS[2]: suppressed members / addresses; KEYS[2 + i]: ledger key of reservation i.
--- ARGV[1]: TTL; ARGV[3i - 1], ARGV[3i], ARGV[3i + 1]: member, address, 'reserved' entry of reservation i.
+_RESERVE_LUA = Lua("""
+-- KEYS[i]: ledger key of reservation i. ARGV[1]: TTL; ARGV[2i], ARGV[2i + 1]: the suppression reason read
+-- just before ('' = none), 'reserved' entry of reservation i.
 -- Per reservation, in order: an existing ledger entry wins (a 'reserved' one is taken over: its mail
 -- never reached the end of DATA), then the suppression list, else reserve.
 local out = {}
-for i = 1, #KEYS - 2 do
-  local key = KEYS[i + 2]
+for i = 1, #KEYS do
+  local key = KEYS[i]
   local existing = redis.call('GET', key)
   if existing and string.sub(existing, 1, 9) == 'reserved|' then
-    redis.call('SET', key, ARGV[3 * i + 1], 'EX', ARGV[1])
+    redis.call('SET', key, ARGV[2 * i + 1], 'EX', ARGV[1])
     out[2 * i - 1], out[2 * i] = 'resumed', existing
   elseif existing then
     out[2 * i - 1], out[2 * i] = 'exists', existing
+  elseif ARGV[2 * i] ~= '' then
+    out[2 * i - 1], out[2 * i] = 'suppressed', ARGV[2 * i]
   else
-    local reason = redis.call('HGET', KEYS[1], ARGV[3 * i - 1])
-    if not reason and ARGV[3 * i] ~= '' then reason = redis.call('HGET', KEYS[2], ARGV[3 * i]) end
-    if reason then
-      out[2 * i - 1], out[2 * i] = 'suppressed', reason
-    else
-      redis.call('SET', key, ARGV[3 * i + 1], 'EX', ARGV[1])
-      out[2 * i - 1], out[2 * i] = 'reserved', ''
-    end
+    redis.call('SET', key, ARGV[2 * i + 1], 'EX', ARGV[1])
+    out[2 * i - 1], out[2 * i] = 'reserved', ''
   end
 end
 return out
-"""
-_CONFIRM_LUA = """
+""")
+_CONFIRM_LUA = Lua("""
 -- KEYS[i]: ledger key; ARGV[1]: TTL; ARGV[i + 1]: its final entry.
 for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1]) end
 return #KEYS
-"""
+""")
 
 
-_TRANSMIT_LUA = """
+_TRANSMIT_LUA = Lua("""
 -- KEYS[i]: ledger key; ARGV[1]: TTL; ARGV[2i], ARGV[2i + 1]: owner token, 'transmitting' entry.
 -- Marked only while the entry is still this owner's (reserved, or transmitting after a 4xx); else 0.
 local out = {}
@@ -250,29 +261,30 @@ for i = 1, #KEYS do
   end
 end
 return out
-"""
+""")
 
 
 class RedisStore:
     """Send ledger and suppression list (and the cap store as ``caps``) under one key prefix."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "kf:") -> None:
+    def __init__(self, client: RedisClient, *, prefix: str = "kf:") -> None:
         self.client = client
         self.prefix = prefix
         self._batcher = _Batcher(client)
         self.caps = RedisCapStore(client, prefix=prefix, batcher=self._batcher)
-        self._suppressed_members = f"{prefix}suppressed:member"
-        self._suppressed_emails = f"{prefix}suppressed:email"
         self._uncertain = f"{prefix}ledger:uncertain"
         self._owner = secrets.token_hex(6)
         self._attempts = itertools.count()
         """Owner tokens of reservations: this store's random id and a counter (unique without a syscall)."""
-        # Reservations and confirmations of one event-loop turn: one pipeline, one script call for each kind.
+        # Ledger calls of one event-loop turn go together: the marks and confirmations in one pipeline, the
+        # reservations (which read the suppression list first) in their own two.
         self._ledger: _Coalescer[tuple[str, ...], Any] = _Coalescer(self._ledger_flush)
+        self._reserves: _Coalescer[tuple[str, ...], Any] = _Coalescer(self._reserve_flush)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "kf:") -> RedisStore:
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
+        """``url``: a single Redis or a Redis Cluster (``redis+cluster://``, see ``redis_conn``)."""
+        client = connect(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
         return cls(client, prefix=prefix)
 
     async def close(self) -> None:
@@ -282,24 +294,31 @@ class RedisStore:
         await _guard(lambda: self.client.ping())
 
     def _ledger_key(self, key: str) -> str:
-        return f"{self.prefix}ledger:{key}"
+        return f"{self.prefix}ledger:{{{key}}}"
+
+    def _member_key(self, member_id: str) -> str:
+        return f"{self.prefix}suppressed:member:{member_id}"
+
+    def _email_key(self, email: str) -> str:
+        return f"{self.prefix}suppressed:email:{_norm_email(email)}"
 
     # -- send ledger -----------------------------------------------------------------------------------
 
     async def reserve(self, key: str, *, member_id: str, email: str, now_ms: int) -> Reservation:
-        """Atomically: an existing ledger entry wins, then the suppression list, else reserve ``key``.
+        """Atomically per decision: an existing ledger entry wins, then the suppression list (read just
+        before, one key per member and per address), else reserve ``key``.
 
-        Reservations asked for in the same event-loop turn go to Redis as one script call, in one write with
-        the turn's confirmations (each reservation is still atomic, and answered on its own)."""
+        Reservations asked for in the same event-loop turn share the turn's writes (each reservation is
+        still atomic, and answered on its own)."""
         token = f"{self._owner}{next(self._attempts):x}"
         item = (
             "reserve",
             self._ledger_key(key),
-            member_id,
-            _norm_email(email),
+            self._member_key(member_id),
+            self._email_key(email) if email.strip() else "",
             LedgerEntry("reserved", now_ms, token).encode(),
         )
-        kind, value = await _guard(lambda: self._ledger.call(item))
+        kind, value = await _guard(lambda: self._reserves.call(item))
         if kind == "reserved":
             return Reservation(reserved=True, token=token)
         if kind == "resumed":
@@ -323,45 +342,64 @@ class RedisStore:
             raise LostReservation(f"the reservation of {key} was taken over; not transmitting")
 
     async def _ledger_flush(self, ops: list[tuple[str, ...]]) -> list[Any]:
-        """One write to Redis for the turn: the reservations (in order) as one script, then the
-        transmission marks, then the confirmations."""
-        reserves = [i for i, op in enumerate(ops) if op[0] == "reserve"]
-        marks = [i for i, op in enumerate(ops) if op[0] == "transmit"]
-        confirms = [i for i, op in enumerate(ops) if op[0] == "confirm"]
-        async with self.client.pipeline(transaction=False) as pipe:
-            if reserves:
-                args: list[str | int] = [ANSWER_TTL_S]
-                for i in reserves:
-                    args += ops[i][2:5]
-                keys = [self._suppressed_members, self._suppressed_emails, *(ops[i][1] for i in reserves)]
-                pipe.execute_command("EVAL", _RESERVE_LUA, len(keys), *keys, *args)
-            if marks:
-                keys = [ops[i][1] for i in marks]
-                args = [ANSWER_TTL_S]
-                for i in marks:
-                    args += ops[i][2:4]
-                pipe.execute_command("EVAL", _TRANSMIT_LUA, len(keys), *keys, *args)
-            if confirms:
-                keys = [ops[i][1] for i in confirms]
-                pipe.execute_command(
-                    "EVAL", _CONFIRM_LUA, len(keys), *keys, ANSWER_TTL_S, *(ops[i][2] for i in confirms)
-                )
-            answers = iter(await pipe.execute(raise_on_error=False))
+        """The turn's transmission marks and confirmations in one round trip (a mark is answered as soon as
+        it is written: the end of DATA waits for it). Script calls are grouped by hash slot (one call per
+        kind on a single Redis)."""
+        calls = self._script_calls(_TRANSMIT_LUA, ops, "transmit", lambda i: ops[i][2:4])
+        calls += self._script_calls(_CONFIRM_LUA, ops, "confirm", lambda i: ops[i][2:3])
         results: list[Any] = [None] * len(ops)
-        if reserves:
-            answer = next(answers)
-            flat = answer if isinstance(answer, Exception) else [_text(value) for value in answer]
-            for n, i in enumerate(reserves):
-                results[i] = flat if isinstance(flat, Exception) else (flat[2 * n], flat[2 * n + 1])
-        if marks:
-            answer = next(answers)
-            for n, i in enumerate(marks):
-                results[i] = answer if isinstance(answer, Exception) else bool(int(answer[n]))
-        if confirms:
-            answer = next(answers)
-            for i in confirms:
-                results[i] = answer if isinstance(answer, Exception) else None
+        for (_, group), answer in zip(calls, await execute(self.client, [c for c, _ in calls]), strict=True):
+            for n, i in enumerate(group):
+                if isinstance(answer, Exception):
+                    results[i] = answer
+                elif ops[i][0] == "transmit":
+                    results[i] = bool(int(answer[n]))
         return results
+
+    async def _reserve_flush(self, ops: list[tuple[str, ...]]) -> list[Any]:
+        """The turn's reservations in two round trips: the suppression keys of their members and addresses
+        are read, then one script per hash slot reserves (or answers) each in order."""
+        commands: list[tuple[Any, ...]] = []
+        reads: list[tuple[int, int]] = []  # (op index, command index): member first, then address
+        for i, op in enumerate(ops):
+            for read_key in op[2:4]:
+                if read_key:
+                    reads.append((i, len(commands)))
+                    commands.append(("GET", read_key))
+        answers = await execute(self.client, commands)
+        results: list[Any] = [None] * len(ops)
+        reasons: list[str | Exception] = [""] * len(ops)
+        for i, at in reads:
+            read = answers[at]
+            if isinstance(read, Exception):
+                reasons[i] = read
+            elif read is not None and reasons[i] == "":
+                reasons[i] = _text(read)
+        for i, reason in enumerate(reasons):
+            if isinstance(reason, Exception):
+                results[i] = reason
+                ops[i] = ("failed",)
+        calls = self._script_calls(_RESERVE_LUA, ops, "reserve", lambda i: (reasons[i], ops[i][4]))
+        for (_, group), answer in zip(calls, await execute(self.client, [c for c, _ in calls]), strict=True):
+            flat = answer if isinstance(answer, Exception) else [_text(value) for value in answer]
+            for n, i in enumerate(group):
+                results[i] = flat if isinstance(flat, Exception) else (flat[2 * n], flat[2 * n + 1])
+        return results
+
+    def _script_calls(
+        self, lua: Lua, ops: list[tuple[str, ...]], kind: str, args_of: Callable[[int], Sequence[Any]]
+    ) -> list[tuple[tuple[Any, ...], list[int]]]:
+        """One EVALSHA per hash slot over the ``kind`` ops (their ledger keys), with the op indexes each
+        call answers for, in order."""
+        indexes = [i for i, op in enumerate(ops) if op[0] == kind]
+        calls = []
+        for group in slot_groups(self.client, [ops[i][1] for i in indexes]):
+            members = [indexes[g] for g in group]
+            args: list[Any] = [ANSWER_TTL_S]
+            for i in members:
+                args += args_of(i)
+            calls.append((lua.command([ops[i][1] for i in members], args), members))
+        return calls
 
     async def release(self, key: str) -> None:
         """Forget a reservation whose mail was certainly not sent, so a later replay may try again."""
@@ -383,27 +421,31 @@ class RedisStore:
         members = await _guard(lambda: self.client.smembers(self._uncertain))
         return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
 
-    # -- suppression list ------------------------------------------------------------------------------
+    # -- suppression list: one key per member and per address ------------------------------------------
+
+    async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """A pipeline whose first error is raised (as ``StoreUnavailable``)."""
+        answers = await _guard(lambda: execute(self.client, commands))
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise StoreUnavailable(f"redis error: {answer}") from answer
+        return answers
 
     async def suppress(
         self, *, member_id: str | None = None, email: str | None = None, reason: str, now_ms: int
     ) -> None:
         """Stop all marketing mail to the member and/or the address (unsubscribe, hard bounce)."""
         value = f"{reason}|{now_ms}"
-        async with self.client.pipeline(transaction=True) as pipe:
-            if member_id:
-                pipe.hset(self._suppressed_members, member_id, value)
-            if email:
-                pipe.hset(self._suppressed_emails, _norm_email(email), value)
-            await _guard(pipe.execute)
+        commands: list[tuple[Any, ...]] = []
+        if member_id:
+            commands.append(("SET", self._member_key(member_id), value))
+        if email:
+            commands.append(("SET", self._email_key(email), value))
+        await self._run(commands)
 
     async def suppression_reason(self, *, member_id: str | None = None, email: str | None = None) -> str | None:
-        if member_id:
-            raw = await _guard(lambda: self.client.hget(self._suppressed_members, member_id))
-            if raw is not None:
-                return _reason(raw)
-        if email:
-            raw = await _guard(lambda: self.client.hget(self._suppressed_emails, _norm_email(email)))
+        keys = ([self._member_key(member_id)] if member_id else []) + ([self._email_key(email)] if email else [])
+        for raw in await self._run([("GET", key) for key in keys]):
             if raw is not None:
                 return _reason(raw)
         return None
@@ -411,26 +453,31 @@ class RedisStore:
     async def list_addresses(self, entries: Sequence[tuple[str, str]], *, now_ms: int) -> None:
         """``kagoflow.core.suppression.AddressBook``: list (email, reason) pairs (an entry already there keeps
         its first reason and time)."""
-        if not entries:
-            return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for email, reason in entries:
-                pipe.hsetnx(self._suppressed_emails, _norm_email(email), f"{reason}|{now_ms}")
-            await _guard(pipe.execute)
+        await self._run([("SET", self._email_key(email), f"{reason}|{now_ms}", "NX") for email, reason in entries])
 
     async def address_reasons(self, emails: Sequence[str]) -> list[str | None]:
-        """``AddressBook``: one HMGET for a batch of decisions."""
-        if not emails:
-            return []
-        raw = await _guard(lambda: self.client.hmget(self._suppressed_emails, [_norm_email(e) for e in emails]))
+        """``AddressBook``: one pipeline of reads for a batch of decisions."""
+        raw = await self._run([("GET", self._email_key(email)) for email in emails])
         return [None if value is None else _reason(value) for value in raw]
 
     async def unsuppress(self, *, member_id: str | None = None, email: str | None = None) -> None:
         """Re-subscribe (an operator action, e.g. after a member opted in again)."""
-        if member_id:
-            await _guard(lambda: self.client.hdel(self._suppressed_members, member_id))
-        if email:
-            await _guard(lambda: self.client.hdel(self._suppressed_emails, _norm_email(email)))
+        keys = ([self._member_key(member_id)] if member_id else []) + ([self._email_key(email)] if email else [])
+        await self._run([("DEL", key) for key in keys])
+
+    async def migrate_suppression_hashes(self) -> int:
+        """Move a suppression list kept by an earlier version (two global hashes) to one key per member and
+        address (an entry already there wins). Idempotent; returns how many entries were moved."""
+        moved = 0
+        for kind in ("member", "email"):
+            legacy = f"{self.prefix}suppressed:{kind}"
+            if await _guard(lambda: self.client.type(legacy)) != "hash":  # noqa: B023
+                continue
+            entries = await _guard(lambda: self.client.hgetall(legacy))  # noqa: B023
+            await self._run([("SET", f"{legacy}:{_text(field)}", value, "NX") for field, value in entries.items()])
+            await _guard(lambda: self.client.delete(legacy))  # noqa: B023
+            moved += len(entries)
+        return moved
 
 
 def _norm_email(email: str) -> str:

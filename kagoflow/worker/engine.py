@@ -29,6 +29,7 @@ import orjson
 
 from kagoflow.adapters.catalog_follower import CatalogFollower
 from kagoflow.adapters.coupon_pool import RedisCouponPool
+from kagoflow.adapters.decision_gate import DecisionGate
 from kagoflow.adapters.kafka_outbox import KafkaOutbox
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.loading import load_ruleset
@@ -170,10 +171,13 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
     names = Topics(settings.topic_prefix)
     table = RecordingTable()
     catalog = CatalogFollower(bootstrap=settings.kafka_bootstrap, tz=ruleset.shop.timezone, topic=names.catalog)
-    outbox = KafkaOutbox(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.app_id}-engine")
     store = RedisStore.from_url(settings.redis_url, prefix=f"{settings.app_id}:")
+    # Each decision reaches mail_decisions once across replays and partition handovers (decision_gate.py).
+    outbox = DecisionGate(KafkaOutbox(bootstrap=settings.kafka_bootstrap, client_id=f"{settings.app_id}-engine"),
+                          store.client, prefix=f"{settings.app_id}:", topic=names.mail_decisions)
     coupons = RedisCouponPool(store.client, prefix=f"{settings.app_id}:")
     await coupons.load_all(ruleset.coupon_pools)  # idempotent; every worker may do it
+    await store.migrate_suppression_hashes()  # an earlier version's two global hashes; idempotent
     processor = make_processor(settings, ruleset, table=table, catalog=catalog, caps=store.caps, outbox=outbox,
                                addresses=store, coupons=coupons)
     await outbox.start()

@@ -31,6 +31,7 @@ BATCH_EVENTS = 256
 BATCH_SECONDS = 0.002
 BUCKET_FRAME_BYTES = 8 << 20
 ENGINE_DIED_EXIT = 70
+REVOKE_ACK_SECONDS = 30.0
 
 
 class Ackable(Protocol):
@@ -198,6 +199,14 @@ class EngineLink:
         self._epoch += 1
         await self.send_batch()
         await self._write(frames.frame(frames.REVOKE, frames.encode_partitions(partitions)))
+        # The engine handles frames in order: its answer to a query sent after the revocation means it has
+        # handled every record sent before it and dropped the partitions. The rebalance (this handler) only
+        # completes then, so the engine never decides for a partition its next owner already runs.
+        try:
+            await self.query("s", b"", timeout_s=REVOKE_ACK_SECONDS)
+        except (TimeoutError, ConnectionError):
+            log.warning("the member engine did not confirm the revocation of %s within %.0f s",
+                        sorted(partitions), REVOKE_ACK_SECONDS)
 
     # -- queries -----------------------------------------------------------------------------------
     async def query(self, what: str, argument: bytes = b"", *, timeout_s: float = 10.0) -> bytes:

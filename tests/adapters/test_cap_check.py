@@ -8,7 +8,6 @@ import pytest
 
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.core.caps import CapLimits, cap_request
-from tests.mail.helpers import redis_store_fixture  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 LIMITS = CapLimits(day=1)

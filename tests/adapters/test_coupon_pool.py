@@ -7,20 +7,18 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
-import redis.asyncio as aioredis
 
 from kagoflow.adapters.coupon_pool import PoolFileChanged, RedisCouponPool
+from kagoflow.adapters.redis_conn import RedisClient, connect
 from kagoflow.core.coupons import CouponSpec, PoolEmpty, issue
 from kagoflow.core.shoptime import UTC
-from kagoflow.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def pool_client(stack: Settings, unique_name: Callable[[str], str]) -> AsyncIterator[tuple[aioredis.Redis,
-                                                                                                  str]]:
-    client = aioredis.Redis.from_url(stack.redis_url)
+async def pool_client(redis_url: str, unique_name: Callable[[str], str]) -> AsyncIterator[tuple[RedisClient, str]]:
+    client = connect(redis_url)
     prefix = unique_name("coupontest") + ":"
     yield client, prefix
     keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
@@ -29,7 +27,7 @@ async def pool_client(stack: Settings, unique_name: Callable[[str], str]) -> Asy
     await client.aclose()
 
 
-async def test_codes_in_file_order_once_per_key_and_empty(pool_client: tuple[aioredis.Redis, str]) -> None:
+async def test_codes_in_file_order_once_per_key_and_empty(pool_client: tuple[RedisClient, str]) -> None:
     client, prefix = pool_client
     pool = RedisCouponPool(client, prefix=prefix)
     assert await pool.load("spring", ["S1", "S2", "S3"]) == 3
@@ -54,11 +52,11 @@ async def test_codes_in_file_order_once_per_key_and_empty(pool_client: tuple[aio
 
 
 async def test_a_pool_shared_by_two_rules_never_gives_one_code_twice(
-        pool_client: tuple[aioredis.Redis, str], stack: Settings) -> None:
+        pool_client: tuple[RedisClient, str], redis_url: str) -> None:
     client, prefix = pool_client
     codes = [f"C{i:05d}" for i in range(3000)]
     # four workers' worth of clients, each loading the pool at the same time
-    clients = [aioredis.Redis.from_url(stack.redis_url) for _ in range(4)]
+    clients = [connect(redis_url) for _ in range(4)]
     pools = [RedisCouponPool(c, prefix=prefix) for c in clients]
     try:
         await asyncio.gather(*(p.load("shared", codes) for p in pools))

@@ -1,4 +1,4 @@
-"""RedisStore / RedisCapStore against the stack's Redis (each test under its own key prefix)."""
+"""RedisStore / RedisCapStore against the stack's Redis and Redis Cluster (each test under its own key prefix)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from kagoflow.adapters.redis_store import (
 )
 from kagoflow.core.caps import CapLimits, CapRequest, InMemoryCapStore, cap_request
 from kagoflow.core.shoptime import from_local
-from kagoflow.settings import Settings
-from tests.mail.helpers import free_port, redis_store_fixture  # noqa: F401  (fixture)
+from tests.mail.helpers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -44,7 +43,7 @@ async def test_day_week_and_month_limits(redis_store: RedisStore) -> None:
     assert await caps.acquire(_request("k5", _at(9)))
     assert not await caps.acquire(_request("k6", _at(10))), "month limit 3"
     assert not await caps.acquire(_request("k7", _at(20)))
-    counters = {name: await caps.count(name) for name, _ in _request("x", _at(9)).counters}
+    counters = {name: await caps.count(name, member_id="m1") for name, _ in _request("x", _at(9)).counters}
     assert sorted(counters.values()) == [1, 1, 3]  # refused calls counted nothing
 
 
@@ -55,11 +54,11 @@ async def test_replay_of_a_key_returns_the_first_answer_without_counting(redis_s
     assert await caps.acquire(first)
     assert await caps.acquire(first)
     day_counter = first.counters[0][0]
-    assert await caps.count(day_counter) == 1
+    assert await caps.count(day_counter, member_id="m1") == 1
     refused = _request("other-key", _at(2))
     assert not await caps.acquire(refused)
     assert not await caps.acquire(refused)
-    assert await caps.count(day_counter) == 1
+    assert await caps.count(day_counter, member_id="m1") == 1
 
 
 async def test_matches_the_in_memory_store_on_a_sequence(redis_store: RedisStore) -> None:
@@ -82,8 +81,8 @@ async def test_concurrent_acquires_never_exceed_the_limit(redis_store: RedisStor
 async def test_counters_expire_after_the_period_and_answers_later(redis_store: RedisStore) -> None:
     request = _request("ttl", _at(2))
     await redis_store.caps.acquire(request)
-    counter_ttl = await redis_store.client.ttl(redis_store.prefix + request.counters[2][0])
-    answer_ttl = await redis_store.client.ttl(f"{redis_store.prefix}capanswer:ttl")
+    counter_ttl = await redis_store.client.ttl(redis_store.caps.counter_key("m1", request.counters[2][0]))
+    answer_ttl = await redis_store.client.ttl(redis_store.caps.answer_key(request))
     assert 31 * 86400 < counter_ttl <= 40 * 86400
     assert answer_ttl > counter_ttl
 
@@ -141,13 +140,13 @@ async def test_reservations_of_one_turn_go_together_and_each_gets_its_own_answer
     )
     assert late.reserved and late.resumed is None and late.token
     assert await redis_store.state("k7|r|e") == LedgerEntry("sent", 20, "<7@x>")
-    assert 59 * 86400 < await redis_store.client.ttl(redis_store.prefix + "ledger:k7|r|e") <= 60 * 86400
+    assert 59 * 86400 < await redis_store.client.ttl(redis_store.prefix + "ledger:{k7|r|e}") <= 60 * 86400
 
 
 async def test_two_workers_racing_for_the_same_decisions_transmit_each_once(
-    stack: Settings, redis_store: RedisStore
+    redis_url: str, redis_store: RedisStore
 ) -> None:
-    other = RedisStore.from_url(stack.redis_url, prefix=redis_store.prefix)  # a second worker's connection
+    other = RedisStore.from_url(redis_url, prefix=redis_store.prefix)  # a second worker's connection
     try:
         keys = [f"race{i}|r|e" for i in range(40)]
         mine, theirs = await asyncio.gather(
@@ -195,3 +194,25 @@ async def test_unreachable_redis_raises_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await store.reserve("k", member_id="m", email="a@b.c", now_ms=0)
     await store.close()
+
+
+async def test_scripts_reload_after_the_server_forgot_them(redis_store: RedisStore) -> None:
+    """EVALSHA first; NOSCRIPT (a restarted or failed-over server) loads the script and runs it once."""
+    assert await redis_store.caps.acquire(_request("before-flush", _at(2)))
+    await redis_store.client.script_flush()
+    assert not await redis_store.caps.acquire(_request("after-flush", _at(2))), "day limit 1, counted once"
+    await redis_store.client.script_flush()
+    assert (await redis_store.reserve("f|r|e", member_id="f", email="f@example.com", now_ms=1)).reserved
+    assert await redis_store.caps.count(_request("x", _at(2)).counters[0][0], member_id="m1") == 1
+
+
+async def test_suppression_hashes_of_an_earlier_version_are_moved(redis_store: RedisStore) -> None:
+    prefix = redis_store.prefix
+    await redis_store.client.hset(f"{prefix}suppressed:member", mapping={"m-old": "unsubscribe|1"})
+    await redis_store.client.hset(f"{prefix}suppressed:email", mapping={"old@example.com": "bounce: 550|2"})
+    await redis_store.suppress(member_id="m-new", reason="unsubscribe", now_ms=3)
+    assert await redis_store.migrate_suppression_hashes() == 2
+    assert await redis_store.migrate_suppression_hashes() == 0
+    assert await redis_store.suppression_reason(member_id="m-old") == "unsubscribe"
+    assert await redis_store.address_reasons(["OLD@example.com", "new@example.com"]) == ["bounce: 550", None]
+    assert (await redis_store.reserve("m-old|r|e", member_id="m-old", email="x@example.com", now_ms=4)).suppressed

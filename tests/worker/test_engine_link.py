@@ -168,3 +168,26 @@ def test_tombstones_and_wrong_keys_cross_the_link_and_are_parked_before_their_ac
         (0, "record: null value"), (1, "record: null value"), (2, "key: b'm3' is not ")]
     assert letters[0]["key_text"] == "m1" and letters[1]["key_base64"] is None
     assert state is not None and set(state.products) == {"p1"}
+
+
+def test_a_revocation_returns_only_after_the_engine_dropped_the_partition() -> None:
+    """Faust completes the rebalance when ``revoke`` returns: by then the engine must have handled every record
+    of the partition sent before and forgotten the partition, so it never decides for it beside its next owner."""
+    async def scenario() -> tuple[int, set[int], int]:
+        clock = [T0]
+        link, server, task = await _pair(clock)
+        table, acked = WorkerTable(), []
+        link.assign({1, 2})
+        await link.dump(table)
+        for n in range(200):
+            link.submit(Event(table, acked, f"r{n}"), NAMES.beacons, 1 + n % 2, n, T0 + n, beacon(n, f"m{n}"),
+                        f"m{n}".encode())
+        await link.revoke({1})
+        handled, owned, epoch = server.processor.metrics.events, set(server.processor.books), server.epoch
+        await link.stop()
+        task.cancel()
+        return handled, owned, epoch
+
+    handled, owned, epoch = asyncio.run(scenario())
+    assert handled == 200, "records sent before the revocation were still unhandled when it returned"
+    assert owned == {2} and epoch == 2
