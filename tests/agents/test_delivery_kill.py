@@ -134,8 +134,9 @@ def test_repeated_sigkills_during_delivery_lose_no_mail_and_send_none_twice(stac
         try:
             prefix = f"{worker.settings.app_id}:ledger:"
             uncertain = {message_id_for(key, DOMAIN) for key in ledger.smembers(prefix + "uncertain")}
-            states = {message_id_for(key.removeprefix(prefix), DOMAIN): str(ledger.get(key)).split("|", 1)[0]
-                      for key in ledger.scan_iter(prefix + "*") if key != prefix + "uncertain"}
+            # entries are "<prefix>{<decision key>}" (hash-tagged: one Redis Cluster slot per entry)
+            states = {message_id_for(key.removeprefix(prefix)[1:-1], DOMAIN): str(ledger.get(key)).split("|", 1)[0]
+                      for key in ledger.scan_iter(prefix + "{*")}
         finally:
             ledger.close()
     finally:
