@@ -45,6 +45,10 @@ class PartitionBook(Generic[S, E]):
     the stream."""
     flushing_acks: list[E] = field(default_factory=list)
     flushing_futures: list[Any] = field(default_factory=list)
+    staged: dict[bytes, bytes] = field(default_factory=dict)
+    """Bucket values the flush under way has encoded, stored only once Kafka has every record produced
+    before them: a stored state with a fired timer whose decision never reached Kafka would lose the mail
+    (a restart does not decide it again)."""
 
     def schedule(self, due_ms: int | None, member_id: str) -> None:
         """Make sure the member is looked at no later than ``due_ms`` (None: not at all).
@@ -112,11 +116,13 @@ class PartitionBook(Generic[S, E]):
         assert self.flushing is not None
         return self.flushing.pop() if self.flushing else None
 
-    def finish_flush(self) -> tuple[list[E], list[Any]]:
-        """The events to ack and the futures to await once every snapshotted bucket is written."""
-        acks, futures = self.flushing_acks, self.flushing_futures
-        self.flushing, self.flushing_acks, self.flushing_futures = None, [], []
-        return acks, futures
+    def finish_flush(self) -> tuple[list[E], list[Any], dict[bytes, bytes]]:
+        """The events to ack, the futures to await and the bucket values to store once every snapshotted
+        bucket is encoded. The futures include the records produced during the flush (``in_flight``, kept
+        for the next flush too): the staged values may already reflect them."""
+        acks, futures, staged = self.flushing_acks, self.flushing_futures + self.in_flight, self.staged
+        self.flushing, self.flushing_acks, self.flushing_futures, self.staged = None, [], [], {}
+        return acks, futures, staged
 
 
 class StateCache(Generic[S]):

@@ -199,7 +199,10 @@ class MemberProcessor:
 
     # -- table access ----------------------------------------------------------------------------
     def _load_bucket(self, partition: int, bucket: int) -> bytes | None:
-        return self.table.get(buckets.bucket_key(partition, bucket))
+        key = buckets.bucket_key(partition, bucket)
+        book = self.books.get(partition)
+        staged = book.staged.get(key) if book is not None else None
+        return staged if staged is not None else self.table.get(key)
 
     def _load(self, member_id: str) -> MemberState | None:
         raw = self.buckets.get(self._partition, member_id)
@@ -488,10 +491,10 @@ class MemberProcessor:
         self.metrics.dead_letter_failures += 1
 
     async def _flush_step(self, book: PartitionBook[MemberState, Ackable], now: int, *, budget_s: float) -> None:
-        """Advance the partition's flush by some buckets; ack its events once all its buckets are written.
+        """Advance the partition's flush by some buckets; once all are encoded, wait for Kafka to have the
+        records produced so far, store the buckets and ack the flush's events.
 
-        Every table write is a changelog record through Faust's producer; writing a whole interval's
-        buckets at once would stall the stream (and every due timer).
+        Encoding a whole interval's buckets at once would stall the stream (and every due timer).
         """
         if book.flush_due(now, self.flush_interval_ms):
             book.start_flush(now, bucket_of=self._bucket_of)
@@ -503,9 +506,11 @@ class MemberProcessor:
             if time.perf_counter() >= deadline:
                 break
         if not book.flushing:
-            acks, futures = book.finish_flush()
+            acks, futures, staged = book.finish_flush()
             for future in futures:
                 await future
+            for key, value in staged.items():
+                self.table[key] = value
             for event in acks:
                 event.ack()
             self.metrics.flushes += 1
@@ -522,7 +527,7 @@ class MemberProcessor:
             if member_id not in book.dirty:
                 self.cache.unpin(member_id)
         value = buckets.encode(entries, buckets=self.buckets.buckets)
-        self.table[buckets.bucket_key(partition, bucket)] = value
+        book.staged[buckets.bucket_key(partition, bucket)] = value
         self.buckets.stored(partition, bucket, len(value))
         self.metrics.states_written += len(members)
         self.metrics.buckets_written += 1

@@ -68,11 +68,14 @@ def test_a_flush_covers_a_snapshot_written_by_bucket_and_later_changes_wait_for_
     assert not book.flush_due(99_999, 10_000)  # one flush at a time
     book.dirty.add("d")  # changed while the flush runs: belongs to the next one
     book.pending_acks.append("e3")
+    book.in_flight.append("f2")  # produced during the flush: the staged buckets may reflect it
+    book.staged[b"0/1"] = b"v1"
     first, second = book.next_bucket(), book.next_bucket()
     assert first is not None and second is not None
     assert book.next_bucket() is None and book.flushing == []
     assert sorted((bucket, sorted(members)) for bucket, members in (first, second)) == [(1, ["a", "c"]), (2, ["b"])]
-    acks, futures = book.finish_flush()
-    assert (acks, futures) == (["e1", "e2"], ["f1"])
+    acks, futures, staged = book.finish_flush()
+    assert (acks, futures, staged) == (["e1", "e2"], ["f1", "f2"], {b"0/1": b"v1"})
+    assert book.staged == {} and book.in_flight == ["f2"]
     assert book.flushing is None and book.dirty == {"d"} and book.pending_acks == ["e3"]
     assert book.flush_due(20_000, 10_000)
