@@ -52,6 +52,12 @@ def stack_status(env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]
     return {row["service"]: row for row in json.loads(out)}
 
 
+def redis_cluster_status(env: dict[str, str]) -> dict[str, Any]:
+    """The ``stack_status`` row of the optional Redis Cluster (``infra/stack up redis-cluster``)."""
+    out = run_stack("status", "--json", "redis-cluster", env=env, check=False, timeout=60).stdout
+    return dict(json.loads(out)[0])
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from synchronous code, even when an event loop is running here."""
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -84,7 +90,10 @@ _STACK_BEFORE = pytest.StashKey[dict[str, dict[str, Any]]]()
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if _xdist_controller(session.config):
-        session.config.stash[_STACK_BEFORE] = stack_status(dict(os.environ))
+        env = dict(os.environ)
+        # The Redis Cluster too (started by ``tests/adapters`` fixtures on demand): a worker that started it
+        # must not stop it while another worker's tests still use it.
+        session.config.stash[_STACK_BEFORE] = {**stack_status(env), "redis-cluster": redis_cluster_status(env)}
 
 
 @pytest.hookimpl(trylast=True)

@@ -185,8 +185,10 @@ def _redis_cluster_argv(layout: Layout) -> list[str]:
 
 
 def _redis_cluster_ok(layout: Layout) -> bool:
-    """Every slot is served (``cluster_state:ok``), not merely the first node listening."""
-    return b"cluster_state:ok" in tcp_banner(layout.redis_cluster_port, send=b"CLUSTER INFO\r\n")
+    """Every slot is served (``cluster_state:ok``) as every master sees it, not merely the first node listening
+    (a node that has not yet heard of the others answers CLUSTERDOWN)."""
+    return all(b"cluster_state:ok" in tcp_banner(port, send=b"CLUSTER INFO\r\n")
+               for port in layout.ports("redis-cluster"))
 
 
 def _clickhouse_config(layout: Layout) -> Path:

@@ -3,34 +3,37 @@ Cluster (``infra/stack up redis-cluster``), which refuses a script whose keys sp
 
 from __future__ import annotations
 
-import json
+import fcntl
 import os
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.settings import Settings
-from tests.conftest import run_stack
+from tests.conftest import redis_cluster_status, run_stack
+
+_CLUSTER_START_LOCK = Path(tempfile.gettempdir()) / "kagoflow-test-redis-cluster.lock"
 
 
 @pytest.fixture(scope="session")
 def redis_cluster_url(stack: Settings) -> Iterator[str]:
-    """``redis+cluster://`` URL of the stack's Redis Cluster (started for the session when it was not up)."""
+    """``redis+cluster://`` URL of the stack's Redis Cluster (started for the session when it was not up).
+
+    Under xdist the controller stops it after every worker finished (``tests/conftest.py``): a worker that
+    stopped it at its own session end broke the cluster tests still running in another worker."""
     env = dict(os.environ)
-    was_up = _cluster_status(env)["state"] == "up"
-    run_stack("up", "redis-cluster", env=env)
-    port = _cluster_status(env)["port"]
+    was_up = redis_cluster_status(env)["state"] == "up"
+    with _CLUSTER_START_LOCK.open("w") as lock:  # two xdist workers must not create the cluster at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run_stack("up", "redis-cluster", env=env)
+    port = redis_cluster_status(env)["port"]
     yield f"redis+cluster://127.0.0.1:{port}"
-    if not was_up and env.get("KAGOFLOW_STACK_KEEP", "") in {"", "0"}:
+    if not was_up and "PYTEST_XDIST_WORKER" not in os.environ and env.get("KAGOFLOW_STACK_KEEP", "") in {"", "0"}:
         run_stack("down", "redis-cluster", env=env, check=False, timeout=120)
-
-
-def _cluster_status(env: dict[str, str]) -> dict[str, Any]:
-    out = run_stack("status", "--json", "redis-cluster", env=env, check=False, timeout=60).stdout
-    return dict(json.loads(out)[0])
 
 
 @pytest.fixture(params=["single", "cluster"])
