@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 NOT_A_BOUNCE = frozenset({500, 501, 502, 503, 504, 530, 534, 535, 538})
 """5xx replies about our own protocol use or authentication: the mail fails, the member is not suppressed."""
+UNDO_TIMEOUT_S = 5.0
+"""How long a send cancelled during its ``transmitting`` mark waits to put the entry back to ``reserved``."""
 DeliveryStatus = Literal["delivered", "duplicate", "suppressed", "failed", "uncertain"]
 DeliveryJob = tuple[Decision, MemberProfile, Sequence[ProductInfo]]
 
@@ -197,7 +199,13 @@ class Deliverer:
 
         async def before_end() -> None:
             nonlocal marked
-            await self.store.mark_transmitting(decision.key, token=token, now_ms=self.clock())
+            mark = asyncio.ensure_future(
+                self.store.mark_transmitting(decision.key, token=token, now_ms=self.clock()))
+            try:
+                await asyncio.shield(mark)
+            except asyncio.CancelledError:
+                await self._undo_cancelled_mark(decision.key, token, mark)
+                raise
             marked = True
 
         while True:
@@ -242,6 +250,18 @@ class Deliverer:
                 continue
             await self._confirm_sent(decision.key, mail.message_id)
             return DeliveryResult("delivered", reply, mail.message_id, attempts)
+
+    async def _undo_cancelled_mark(self, key: str, token: str, mark: asyncio.Future[None]) -> None:
+        """Cancelled (the worker stopping: SIGTERM, a rebalance) while the ``transmitting`` mark was on its
+        way: the end of DATA will not be written, so the entry goes back to ``reserved`` — left
+        ``transmitting``, the next owner would report the mail uncertain and never send it."""
+        try:
+            await asyncio.wait_for(asyncio.shield(mark), UNDO_TIMEOUT_S)
+            await asyncio.wait_for(self.store.mark_transmitting(key, token=token, now_ms=self.clock(), undo=True),
+                                   UNDO_TIMEOUT_S)
+        except BaseException as exc:  # the cancellation goes on whatever happens here
+            log.warning("%s may be left 'transmitting' by a cancelled send (%s): it will be reported uncertain",
+                        key, type(exc).__name__)
 
     async def _confirm_sent(self, key: str, message_id: str) -> None:
         """The mail is out: try hard to record it (a short Redis hiccup must not leave it 'uncertain')."""

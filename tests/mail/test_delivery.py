@@ -160,6 +160,40 @@ async def test_the_ledger_says_transmitting_only_once_the_server_has_everything_
     await deliverer.close()
 
 
+async def test_a_send_cancelled_during_its_transmitting_mark_is_resent_not_uncertain(
+    stack: Settings,
+    redis_store: RedisStore,
+    scripted_smtp: tuple[ScriptedSmtp, Controller],
+) -> None:
+    """A worker stopping (SIGTERM cancels its sends) between the mark and the end of DATA wrote no end: the
+    entry goes back to ``reserved`` and the next owner sends the mail, instead of reporting it uncertain."""
+    handler, controller = scripted_smtp
+    deliverer = _deliverer(mail_settings(stack), redis_store, MemorySink(), controller.port)
+    decision, profile = make_decision("m-cancel"), make_profile("m-cancel")
+    mark = redis_store.mark_transmitting
+    marked = asyncio.Event()
+
+    async def slow_reply(key: str, **kwargs: object) -> None:
+        await mark(key, **kwargs)  # type: ignore[arg-type]
+        marked.set()
+        await asyncio.sleep(0.3)  # the mark is in Redis, its answer not yet back
+
+    redis_store.mark_transmitting = slow_reply  # type: ignore[method-assign]
+    sending = asyncio.ensure_future(deliverer.deliver(decision, profile=profile, products=make_products()))
+    await asyncio.wait_for(marked.wait(), 10)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    entry = await redis_store.state(decision.key)
+    assert entry is not None and entry.state == "reserved"
+    assert handler.recipients() == []
+    redis_store.mark_transmitting = mark  # type: ignore[method-assign]
+    result = await deliverer.deliver(decision, profile=profile, products=make_products())
+    assert result.status == "delivered", result
+    assert handler.recipients() == [profile.email]
+    await deliverer.close()
+
+
 async def test_5xx_suppresses_the_member_and_is_not_retried(
     stack: Settings,
     redis_store: RedisStore,
