@@ -212,3 +212,30 @@ def wait_member(worker: WorkerProcess, member_id: str, ready: Callable[[dict[str
         return doc if doc is not None and ready(doc) else None
 
     return wait_until(probe, timeout=timeout, what=what, worker=worker)
+
+
+# -- send ledger -----------------------------------------------------------------------------------------
+def ledger_states(settings: Settings) -> tuple[set[str], dict[str, str]]:
+    """(decision keys reported ``uncertain``, ledger state per decision key) of the worker app's send ledger.
+
+    A mail is lost by design only when a SIGKILL hit it between its ``transmitting`` mark and the end of DATA
+    (``kagoflow.mail.delivery``: at most once); tests allow exactly those."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        prefix = f"{settings.app_id}:ledger:"
+        uncertain = set(client.smembers(prefix + "uncertain"))
+        # entries are "<prefix>{<decision key>}" (hash-tagged: one Redis Cluster slot per entry)
+        states = {key.removeprefix(prefix)[1:-1]: str(client.get(key)).split("|", 1)[0]
+                  for key in client.scan_iter(prefix + "{*")}
+    finally:
+        client.close()
+    return uncertain, states
+
+
+def outside_uncertain_window(lost_keys: set[str], settings: Settings) -> dict[str, str | None]:
+    """The lost decision keys a SIGKILL between ``transmitting`` and the end of DATA does not explain, with
+    their ledger state (None: never reserved)."""
+    uncertain, states = ledger_states(settings)
+    return {key: states.get(key) for key in lost_keys if key not in uncertain or states.get(key) != "transmitting"}

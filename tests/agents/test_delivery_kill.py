@@ -24,12 +24,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis
 
 from kagoflow.backtest import run_backtest
 from kagoflow.core.decisions import Decision
 from kagoflow.mail.message import message_id_for
 from kagoflow.settings import PROJECT_ROOT, Settings
+from tests.agents.support import ledger_states
 from tests.agents.worker_proc import WorkerProcess, free_port, produce_sync
 
 pytestmark = pytest.mark.integration
@@ -130,15 +130,9 @@ def test_repeated_sigkills_during_delivery_lose_no_mail_and_send_none_twice(stac
             time.sleep(0.5)
         time.sleep(3)  # a mail sent twice would arrive now
         received = Counter(_sink_messages(mail_dir))
-        ledger = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-        try:
-            prefix = f"{worker.settings.app_id}:ledger:"
-            uncertain = {message_id_for(key, DOMAIN) for key in ledger.smembers(prefix + "uncertain")}
-            # entries are "<prefix>{<decision key>}" (hash-tagged: one Redis Cluster slot per entry)
-            states = {message_id_for(key.removeprefix(prefix)[1:-1], DOMAIN): str(ledger.get(key)).split("|", 1)[0]
-                      for key in ledger.scan_iter(prefix + "{*")}
-        finally:
-            ledger.close()
+        uncertain_keys, key_states = ledger_states(worker.settings)
+        uncertain = {message_id_for(key, DOMAIN) for key in uncertain_keys}
+        states = {message_id_for(key, DOMAIN): state for key, state in key_states.items()}
     finally:
         worker.stop()
         sink.terminate()

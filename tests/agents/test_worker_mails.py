@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kagoflow.settings import Settings
-from tests.agents.support import stored_mails_to
+from tests.agents.support import ledger_states, outside_uncertain_window, stored_mails_to
 from tests.agents.worker_proc import WorkerProcess, produce_sync
 
 pytestmark = pytest.mark.integration
@@ -107,5 +107,14 @@ def test_sigkill_while_timers_pending_sends_every_due_mail_exactly_once(worker: 
     wait_for(lambda: len(mails_to(domain)) >= len(members), timeout=DELAY_S + 60)
     time.sleep(4)
     by_recipient = Counter(str(m["To"]) for _, m in mails_to(domain))
-    assert by_recipient == {f"{m}@{domain}": 1 for m in members}, worker.tail()
+    assert all(n == 1 for n in by_recipient.values()), f"mails sent twice: {by_recipient}"
+    assert set(by_recipient) <= {f"{m}@{domain}" for m in members}
+    # Every due mail arrives, except one the kill hit between its transmitting mark and the end of DATA
+    # (reported uncertain, never resent: at most once).
+    lost = {f"{m}|cart-quick|" for m in members if f"{m}@{domain}" not in by_recipient}
+    _, states = ledger_states(worker.settings)
+    lost_keys = {key for key in states if any(key.startswith(prefix) for prefix in lost)}
+    assert len(lost_keys) == len(lost), f"lost mails without a ledger entry: {sorted(lost)}\n{worker.tail()}"
+    assert not outside_uncertain_window(lost_keys, worker.settings), worker.tail()
+    assert len(lost) <= 1, f"{len(lost)} mails in the uncertain window of one kill"
     assert 0 < fired_before_kill < len(members), "the kill did not land among pending timers"
