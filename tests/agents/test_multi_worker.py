@@ -204,8 +204,11 @@ def test_partitions_move_through_joins_leaves_and_kills_without_a_mail_lost_or_d
     # uncertain): a handful per kill at most.
     key_of = {message_id_for(d.key, DOMAIN): d.key for d in expected if d.status == "sent"}
     unexplained = outside_uncertain_window({key_of[mid] for mid in lost}, first.settings)
-    assert not unexplained, f"{len(lost)} mails lost, {len(unexplained)} outside the uncertain window: " \
-                            f"{dict(list(unexplained.items())[:10])}\n{workers[0].tail(30)}"
+    records_of = {key: [(d["status"], d.get("reason"), bool(d.get("profile"))) for d in decided if d["key"] == key]
+                  for key in list(unexplained)[:10]}
+    assert not unexplained, f"{len(lost)} mails lost, {len(unexplained)} outside the uncertain window " \
+                            f"(ledger state, then mail_decisions records): {dict(list(unexplained.items())[:10])}" \
+                            f" {records_of}\n{workers[0].tail(30)}"
     kills = sum(1 for action, _ in steps if action == "kill")
     assert len(lost) <= kills * first.settings.smtp_pool_size, f"{len(lost)} mails uncertain after {kills} kills"
     assert not mailed_twice, f"{len(mailed_twice)} mails sent twice"
