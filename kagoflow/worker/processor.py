@@ -438,6 +438,17 @@ class MemberProcessor:
         book.in_flight += await self.outbox.send_many(self.names.mail_decisions, records, partition=book.partition)
         if issued or self.coupon_step.pool_empty != self.metrics.coupon_pool_empty:
             await self._coupons_issued(book, final, issued)
+        for decision in final:  # a scenario run ended by address suppression (``core.suppression``)
+            if decision.status == "ended" and decision.reason == "suppressed":
+                self._changed_after_core(book, decision.member_id)
+
+    def _changed_after_core(self, book: PartitionBook[MemberState, Ackable], member_id: str) -> None:
+        """Store and reschedule a member whose state ``finish_decisions`` changed."""
+        state = self.cache.peek(member_id)
+        if state is not None:
+            book.dirty.add(member_id)
+            self.cache.pin(member_id)
+            book.schedule(self.engine.next_due(state), member_id)
 
     async def _coupons_issued(self, book: PartitionBook[MemberState, Ackable], final: list[Decision],
                               issued: list[IssuedCoupon]) -> None:
@@ -447,11 +458,7 @@ class MemberProcessor:
         self.metrics.coupons_issued += len(issued)
         for decision in final:
             if decision.coupon is not None or decision.reason == "coupon_pool_empty":  # incl. an ended run
-                state = self.cache.peek(decision.member_id)
-                if state is not None:
-                    book.dirty.add(state.member_id)
-                    self.cache.pin(state.member_id)
-                    book.schedule(self.engine.next_due(state), state.member_id)
+                self._changed_after_core(book, decision.member_id)
         if issued:
             records = [(coupon.code.encode(), coupon.to_bytes()) for coupon in issued]
             book.in_flight += await self.outbox.send_many(self.names.coupons_issued, records)
