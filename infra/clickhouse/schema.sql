@@ -193,7 +193,9 @@ DROP TABLE IF EXISTS kagoflow.v_coupons_issued;
 CREATE VIEW kagoflow.v_coupons_issued AS SELECT * FROM kagoflow.coupons_issued FINAL;
 
 -- SPEC §13 redemption: an issued code is redeemed by the member's first order carrying it whose latest
--- status is not cancelled (default cancelled_statuses), ordered at or after the issue.
+-- status is not cancelled, ordered at or after the issue. The default list below is replaced by the shop's
+-- shop.yaml cancelled_statuses when the schema is applied (kagoflow.adapters.clickhouse.schema_statements),
+-- so re-applying it (`infra/stack provision`, an archiver start) re-creates this view with the shop's list.
 DROP TABLE IF EXISTS kagoflow.v_coupon_redemptions;
 CREATE VIEW kagoflow.v_coupon_redemptions AS
 SELECT code, member_id, rule_id, decision_key, kind, variant, issued_at, expires,
