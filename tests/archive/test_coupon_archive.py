@@ -70,23 +70,25 @@ def test_redemptions_honour_the_shops_cancelled_statuses(stack: Settings, unique
     old = ClickHouseArchive(host=stack.clickhouse_host, port=stack.clickhouse_port,
                             database=settings.clickhouse_database)
     old.ensure_schema()  # an existing installation: its view has the default statuses
-    archive = ClickHouseArchive.from_settings(settings)
+    shop_archive = ClickHouseArchive.from_settings(settings)
     try:
-        archive.ensure_schema()
+        shop_archive.ensure_schema()
         _, coupon_row = MAPPERS["coupons_issued"]
         codes = [("WB-1", "m1"), ("WB-2", "m2"), ("WB-3", "m3")]
-        archive.insert("coupons_issued", COLUMNS["coupons_issued"],
+        shop_archive.insert("coupons_issued", COLUMNS["coupons_issued"],
                        [coupon_row(issued(code, m, f"{m}|winback|{i}", T0), 0, i, None) for i, (code, m) in
                         enumerate(codes)])
         orders = [order("o1", "m1", "WB-1", T0 + 3_600_000, status="refunded"),   # the shop's cancelled status
                   order("o2", "m2", "WB-2", T0 + 3_600_000, status="cancelled"),  # not one of the shop's
                   order("o3", "m3", "WB-3", T0 + 3_600_000, status="void'd")]
-        archive.insert("orders", COLUMNS["orders"], [order_row(value, 0, i, None) for i, value in enumerate(orders)])
-        rows = archive.query(f"SELECT code, redeemed FROM {archive.database}.v_coupon_redemptions ORDER BY code")
+        shop_archive.insert("orders", COLUMNS["orders"],
+                            [order_row(value, 0, i, None) for i, value in enumerate(orders)])
+        rows = shop_archive.query(f"SELECT code, redeemed FROM {shop_archive.database}.v_coupon_redemptions "
+                                  "ORDER BY code")
         assert [tuple(r) for r in rows] == [("WB-1", 0), ("WB-2", 1), ("WB-3", 0)]
     finally:
-        archive.query(f"DROP DATABASE IF EXISTS {archive.database}")
-        archive.close()
+        shop_archive.query(f"DROP DATABASE IF EXISTS {shop_archive.database}")
+        shop_archive.close()
         old.close()
 
 
