@@ -38,6 +38,9 @@ ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(date)
 ORDER BY (member_id, event_id);
 
+-- Profile fields of SPEC §13 (added later: last, so an older table gets them from ensure_schema, which adds
+-- missing columns since 18.16 has no ADD COLUMN IF NOT EXISTS): birthday 'YYYY-MM-DD' as text (Date of 18.16
+-- starts in 1970), gender female | male | other, registered_at in seconds.
 CREATE TABLE IF NOT EXISTS kagoflow.members
 (
     ts_ms Int64,
@@ -52,7 +55,10 @@ CREATE TABLE IF NOT EXISTS kagoflow.members
     purchase_count Nullable(UInt32),
     kafka_partition UInt16,
     kafka_offset UInt64,
-    archived_at DateTime('UTC') DEFAULT now()
+    archived_at DateTime('UTC') DEFAULT now(),
+    birthday Nullable(String),
+    gender Nullable(String),
+    registered_at Nullable(DateTime('UTC'))
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(date)
