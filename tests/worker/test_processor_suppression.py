@@ -15,6 +15,7 @@ import pytest
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.core.decisions import Decision
 from kagoflow.core.events import Record
+from kagoflow.core.rules import RuleSet
 from kagoflow.settings import Settings
 from kagoflow.streams import contract
 from kagoflow.worker.engine import RecordingTable
@@ -64,43 +65,51 @@ def _of(decisions: list[Decision]) -> list[tuple[str, str, str, str, int, int]]:
     return [(d.member_id, d.rule_id, d.status, d.reason, d.step, d.at_ms) for d in decisions]
 
 
+async def _worker(rules: RuleSet, inputs: list[tuple[str, dict[str, Any]]], redis_url: str, prefix: str,
+                  ticks_from: str, days: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The worker's decisions on ``inputs`` (wall clock = each record's ts; ticks every 15 minutes, after the
+    records of the same moment) with the stack's Redis, and its day cap counters."""
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    try:
+        outbox = Outbox()
+        clock = [jst("2026-11-01 00:00")]
+        processor = make_processor(Settings(state_flush_seconds=1.0, state_buckets=8), rules,
+                                   table=RecordingTable(), catalog={}, caps=store.caps, outbox=outbox,
+                                   addresses=store)
+        processor.clock = lambda: clock[0]
+        processor.assign({0})
+        ticks = [("kagoflow-ticks", {"ts": jst(ticks_from) + minute * 60_000})
+                 for minute in range(0, days * 24 * 60, 15)]
+        timeline = sorted(inputs + ticks, key=lambda item: (item[1]["ts"], item[0] == "kagoflow-ticks"))
+        for offset, (topic, value) in enumerate(timeline):
+            clock[0] = value["ts"]
+            member = value.get("member_id")
+            await processor.on_event(topic=topic, partition=0, key=member.encode() if member else None,
+                                     value=orjson.dumps(value), timestamp_ms=value["ts"], offset=offset,
+                                     event=Event())
+        counters = {str(key): int(await store.client.get(key))
+                    async for key in store.client.scan_iter(match=store.prefix + "*:cap:*:d:*")}
+        return [orjson.loads(v) for t, v in outbox.records if t == processor.names.mail_decisions], counters
+    finally:
+        keys = [key async for key in store.client.scan_iter(match=store.prefix + "*", count=1000)]
+        if keys:
+            await store.client.delete(*keys)
+        await store.close()
+
+
+def _rows(got: list[dict[str, Any]]) -> list[tuple[str, str, str, str, int, int]]:
+    return [(d["member_id"], d["rule"], d["status"], d["reason"], d.get("step", 0), d["at_ms"]) for d in got]
+
+
 def test_worker_and_backtest_suppress_an_address_twin_alike(tmp_path: Path, stack: Settings,
                                                              unique_name: Callable[[str], str]) -> None:
     rules = rules_dir(tmp_path, CART_1H, CART_3H, follow(STEP_1, step("2d"), step("1d")),
                       shop={"caps": {"day": 1}})
     inputs = _inputs()
     expected, _ = replay(rules, [_parse(topic, value) for topic, value in inputs])
-
-    async def run() -> tuple[list[dict[str, Any]], dict[str, int]]:
-        store = RedisStore.from_url(stack.redis_url, prefix=unique_name("suppress") + ":")
-        try:
-            outbox = Outbox()
-            clock = [jst("2026-11-01 00:00")]
-            processor = make_processor(Settings(state_flush_seconds=1.0, state_buckets=8), rules,
-                                       table=RecordingTable(), catalog={}, caps=store.caps, outbox=outbox,
-                                       addresses=store)
-            processor.clock = lambda: clock[0]
-            processor.assign({0})
-            ticks = [("kagoflow-ticks", {"ts": jst("2026-11-19 00:00") + minute * 60_000})
-                     for minute in range(0, 6 * 24 * 60, 15)]
-            timeline = sorted(inputs + ticks, key=lambda item: (item[1]["ts"], item[0] == "kagoflow-ticks"))
-            for offset, (topic, value) in enumerate(timeline):
-                clock[0] = value["ts"]
-                member = value.get("member_id")
-                await processor.on_event(topic=topic, partition=0, key=member.encode() if member else None,
-                                         value=orjson.dumps(value), timestamp_ms=value["ts"], offset=offset,
-                                         event=Event())
-            counters = {str(key): int(await store.client.get(key))
-                        async for key in store.client.scan_iter(match=store.prefix + "*:cap:*:d:*")}
-            return [orjson.loads(v) for t, v in outbox.records if t == processor.names.mail_decisions], counters
-        finally:
-            keys = [key async for key in store.client.scan_iter(match=store.prefix + "*", count=1000)]
-            if keys:
-                await store.client.delete(*keys)
-            await store.close()
-
-    got, counters = asyncio.run(run())
-    worker = [(d["member_id"], d["rule"], d["status"], d["reason"], d.get("step", 0), d["at_ms"]) for d in got]
+    got, counters = asyncio.run(_worker(rules, inputs, stack.redis_url, unique_name("suppress") + ":",
+                                        "2026-11-19 00:00", 6))
+    worker = _rows(got)
     assert sorted(worker) == sorted(_of(expected))
     assert _brief(sorted(worker)) == [
         ("m2", "cart-1h", "suppressed", "unsubscribed", 0, "2026-11-24 11:00"),
@@ -111,3 +120,21 @@ def test_worker_and_backtest_suppress_an_address_twin_alike(tmp_path: Path, stac
         ("m3", "follow", "suppressed", "unsubscribed", 2, "2026-11-21 10:00"),
     ]
     assert list(counters.values()) == [1], f"only the sent mail counts against the day cap: {counters}"
+
+
+def test_a_twins_mail_due_at_the_unsubscribe_ts_is_still_sent(tmp_path: Path, stack: Settings,
+                                                              unique_name: Callable[[str], str]) -> None:
+    """SPEC §11: a due equal to a record's ts fires before that record — also when the record (m1's
+    unsubscribe) and the twin's due are handled in the same worker event."""
+    rules = rules_dir(tmp_path, CART_1H)
+    inputs: list[tuple[str, dict[str, Any]]] = [
+        ("members", {"member_id": m, "email": SHARED, "opt_in": True, "ts": jst("2026-11-01 00:00")})
+        for m in ("m1", "m2")]
+    inputs += [("beacons", {"event_id": "e1", "member_id": "m2", "type": "cart_add", "product_id": "A",
+                            "ts": jst("2026-11-24 10:00")}),
+               ("engagement", {"member_id": "m1", "event": "unsubscribe", "ts": jst("2026-11-24 11:00")})]
+    expected, _ = replay(rules, [_parse(topic, value) for topic, value in inputs])
+    got, _ = asyncio.run(_worker(rules, inputs, stack.redis_url, unique_name("suppress") + ":",
+                                 "2026-11-24 00:00", 1))
+    assert _rows(got) == _of(expected)
+    assert _brief(_rows(got)) == [("m2", "cart-1h", "sent", "", 0, "2026-11-24 11:00")]
