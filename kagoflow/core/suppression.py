@@ -18,7 +18,7 @@ that run after it (a step due at the same moment, the run's ``completed``) never
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -125,11 +125,3 @@ def end_suppressed_run(state: MemberState | None, mail: Decision) -> Decision:
     return replace(mail, status="ended", reason="suppressed", due_ms=mail.at_ms, episode=f"{mail.order_id}|0|0",
                    template="", step=0, variant="", send=0, coupon=None, coupon_expires=None)
 
-
-async def apply_address_suppression(
-    decisions: Iterable[Decision], book: AddressBook, email_of: Callable[[str], str | None],
-    state_of: Callable[[str], MemberState | None] = lambda _: None,
-) -> list[Decision]:
-    """``listed_reasons`` and ``suppress_listed`` in one step."""
-    out = list(decisions)
-    return suppress_listed(out, await listed_reasons(out, book, email_of), state_of)

@@ -67,8 +67,8 @@ def _of(decisions: list[Decision]) -> list[tuple[str, str, str, str, int, int]]:
 
 async def _worker(rules: RuleSet, inputs: list[tuple[str, dict[str, Any]]], redis_url: str, prefix: str,
                   ticks_from: str, days: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The worker's decisions on ``inputs`` (wall clock = each record's ts; ticks every 15 minutes, after the
-    records of the same moment) with the stack's Redis, and its day cap counters."""
+    """The worker's decisions on ``inputs`` (wall clock = each record's ``_arrives``, else its ts; ticks every 15
+    minutes, after the records of the same moment) with the stack's Redis, and its day cap counters."""
     store = RedisStore.from_url(redis_url, prefix=prefix)
     try:
         outbox = Outbox()
@@ -80,9 +80,11 @@ async def _worker(rules: RuleSet, inputs: list[tuple[str, dict[str, Any]]], redi
         processor.assign({0})
         ticks = [("kagoflow-ticks", {"ts": jst(ticks_from) + minute * 60_000})
                  for minute in range(0, days * 24 * 60, 15)]
-        timeline = sorted(inputs + ticks, key=lambda item: (item[1]["ts"], item[0] == "kagoflow-ticks"))
+        timeline = sorted(inputs + ticks, key=lambda item: (item[1].get("_arrives", item[1]["ts"]),
+                                                            item[0] == "kagoflow-ticks"))
         for offset, (topic, value) in enumerate(timeline):
-            clock[0] = value["ts"]
+            value = dict(value)
+            clock[0] = value.pop("_arrives", value["ts"])  # the wall clock when the worker gets the record
             member = value.get("member_id")
             await processor.on_event(topic=topic, partition=0, key=member.encode() if member else None,
                                      value=orjson.dumps(value), timestamp_ms=value["ts"], offset=offset,
@@ -138,3 +140,24 @@ def test_a_twins_mail_due_at_the_unsubscribe_ts_is_still_sent(tmp_path: Path, st
                                  "2026-11-24 00:00", 1))
     assert _rows(got) == _of(expected)
     assert _brief(_rows(got)) == [("m2", "cart-1h", "sent", "", 0, "2026-11-24 11:00")]
+
+
+def test_a_late_unsubscribe_lets_what_was_due_before_it_go_and_suppresses_what_was_due_after(
+        tmp_path: Path, stack: Settings, unique_name: Callable[[str], str]) -> None:
+    """The unsubscribe of 11:00 reaches the worker at 11:05, before any tick after 10:52: m2's mail due 10:58
+    is sent, m3's due 11:03 is suppressed, as in the backtest (event time decides, not the handling moment)."""
+    rules = rules_dir(tmp_path, CART_1H)
+    inputs: list[tuple[str, dict[str, Any]]] = [
+        ("members", {"member_id": m, "email": SHARED, "opt_in": True, "ts": jst("2026-11-01 00:00")})
+        for m in ("m1", "m2", "m3")]
+    inputs += [("beacons", {"event_id": f"e-{m}", "member_id": m, "type": "cart_add", "product_id": "A",
+                            "ts": jst(at)}) for m, at in (("m2", "2026-11-24 09:58"), ("m3", "2026-11-24 10:03"))]
+    inputs.append(("engagement", {"member_id": "m1", "event": "unsubscribe", "ts": jst("2026-11-24 11:00"),
+                                  "_arrives": jst("2026-11-24 11:05")}))
+    expected, _ = replay(rules, [_parse(topic, {k: v for k, v in value.items() if k != "_arrives"})
+                                 for topic, value in inputs])
+    got, _ = asyncio.run(_worker(rules, inputs, stack.redis_url, unique_name("suppress") + ":",
+                                 "2026-11-24 00:07", 1))
+    statuses = sorted((m, s, why) for m, _, s, why, _, _ in _rows(got))
+    assert statuses == sorted((m, s, why) for m, _, s, why, _, _ in _of(expected))
+    assert statuses == [("m2", "sent", ""), ("m3", "suppressed", "unsubscribed")]
