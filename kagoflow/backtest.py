@@ -127,16 +127,17 @@ class Replay:
             heapq.heappush(self._heap, (due, self._seq, member_id))
 
     async def _caps(self, decisions: list[Decision]) -> list[Decision]:
-        """Caps, address suppression, then coupons (SPEC §14 fine points: caps → holdout → coupon), exactly as
-        the worker does them (``kagoflow.core.sending``)."""
+        """Address suppression, caps, then coupons (SPEC §14 fine points: consent → caps → holdout → coupon),
+        exactly as the worker does them (``kagoflow.core.sending``)."""
         final, issued = await finish_decisions(
             decisions, caps=self.caps, limits=self.shop.caps, tz=self.shop.timezone, coupons=self.coupons,
             state_of=self.states.get, addresses=self.addresses, email_of=self._email_of)
         if issued:
             self.issued.extend(issued)
         for decision in final:
-            if decision.status == "skipped" and decision.reason == "coupon_pool_empty":
-                self._schedule(self.states[decision.member_id])  # the reopened episode may be due again
+            if decision.reason == "coupon_pool_empty" or (decision.status == "ended"
+                                                           and decision.reason == "suppressed"):
+                self._schedule(self.states[decision.member_id])  # a reopened episode, an ended run
         return final
 
     def _email_of(self, member_id: str) -> str | None:

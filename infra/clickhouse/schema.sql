@@ -38,6 +38,9 @@ ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(date)
 ORDER BY (member_id, event_id);
 
+-- Profile fields of SPEC §13 (added later: last, so an older table gets them from ensure_schema, which adds
+-- missing columns since 18.16 has no ADD COLUMN IF NOT EXISTS): birthday 'YYYY-MM-DD' as text (Date of 18.16
+-- starts in 1970), gender female | male | other, registered_at in seconds.
 CREATE TABLE IF NOT EXISTS kagoflow.members
 (
     ts_ms Int64,
@@ -52,7 +55,10 @@ CREATE TABLE IF NOT EXISTS kagoflow.members
     purchase_count Nullable(UInt32),
     kafka_partition UInt16,
     kafka_offset UInt64,
-    archived_at DateTime('UTC') DEFAULT now()
+    archived_at DateTime('UTC') DEFAULT now(),
+    birthday Nullable(String),
+    gender Nullable(String),
+    registered_at Nullable(DateTime('UTC'))
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(date)
@@ -193,7 +199,9 @@ DROP TABLE IF EXISTS kagoflow.v_coupons_issued;
 CREATE VIEW kagoflow.v_coupons_issued AS SELECT * FROM kagoflow.coupons_issued FINAL;
 
 -- SPEC §13 redemption: an issued code is redeemed by the member's first order carrying it whose latest
--- status is not cancelled (default cancelled_statuses), ordered at or after the issue.
+-- status is not cancelled, ordered at or after the issue. The default list below is replaced by the shop's
+-- shop.yaml cancelled_statuses when the schema is applied (kagoflow.adapters.clickhouse.schema_statements),
+-- so re-applying it (`infra/stack provision`, an archiver start) re-creates this view with the shop's list.
 DROP TABLE IF EXISTS kagoflow.v_coupon_redemptions;
 CREATE VIEW kagoflow.v_coupon_redemptions AS
 SELECT code, member_id, rule_id, decision_key, kind, variant, issued_at, expires,

@@ -62,16 +62,25 @@ async def _ensure_topics(bootstrap: str, names: tuple[str, ...], partitions: int
 
 def apply_schema(settings: Settings, *, schema: Path = SCHEMA_FILE, timeout: float = 60.0) -> int:
     """Create the archive database and run ``schema.sql`` in it (``KAGOFLOW_CLICKHOUSE_DATABASE``, shop
-    time zone ``KAGOFLOW_SHOP_TIMEZONE``; idempotent statements, missing columns added); returns the
-    number of statements."""
-    from kagoflow.adapters.clickhouse import ArchiveUnavailable, ClickHouseArchive, schema_statements
+    time zone ``KAGOFLOW_SHOP_TIMEZONE``, cancelled order statuses of the rules directory's shop.yaml;
+    idempotent statements, missing columns added, views re-created); returns the number of statements."""
+    from kagoflow.adapters.clickhouse import (
+        ArchiveUnavailable,
+        ClickHouseArchive,
+        schema_statements,
+        shop_cancelled_statuses,
+    )
 
     if not schema.is_file():
         return 0
     deadline = time.monotonic() + timeout
+    try:
+        cancelled = shop_cancelled_statuses(settings)
+    except Exception as exc:  # RuleError: the shop file is bad
+        raise StackError(f"clickhouse: cancelled statuses of the shop: {exc}") from None
     archive = ClickHouseArchive(host=settings.clickhouse_host, port=settings.clickhouse_port,
                                 database=settings.clickhouse_database, timezone=settings.shop_timezone,
-                                schema_path=schema, connect_timeout=5)
+                                cancelled_statuses=cancelled, schema_path=schema, connect_timeout=5)
     try:
         while True:
             try:
@@ -104,7 +113,7 @@ def backfill_reports(archive: ClickHouseArchive) -> list[str]:
 
     views = []
     for statement in schema_statements(archive.schema_path.read_text(encoding="utf-8"), database=archive.database,
-                                       timezone=archive.timezone):
+                                       timezone=archive.timezone, cancelled=archive.cancelled_statuses):
         match = _MATERIALIZED.match(statement)
         source = _SOURCE.search(match.group(4)) if match else None
         if match is not None and source is not None:

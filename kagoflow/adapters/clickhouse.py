@@ -13,7 +13,7 @@ import asyncio
 import re
 import struct
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,10 @@ _SCHEMA_DATABASE = "kagoflow"
 """The database name written in schema.sql; replaced by the configured one when applied."""
 _SCHEMA_TIMEZONE = "'Asia/Tokyo'"
 """The shop time zone literal written in schema.sql; replaced by ``KAGOFLOW_SHOP_TIMEZONE`` when applied."""
+_SCHEMA_CANCELLED = "('cancelled', 'canceled', 'returned')"
+"""The default cancelled order statuses written in schema.sql (SPEC §13); replaced by shop.yaml
+``cancelled_statuses`` when applied."""
+DEFAULT_CANCELLED = ("cancelled", "canceled", "returned")
 _TIMEZONE = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MISSING_OBJECT_CODES = frozenset({errors.ErrorCodes.UNKNOWN_TABLE, errors.ErrorCodes.UNKNOWN_DATABASE})
@@ -52,9 +56,11 @@ class ArchiveRowError(ArchiveError):
     """The driver could not encode the rows for their columns: retrying the same rows never helps."""
 
 
-def schema_statements(sql: str, *, database: str = _SCHEMA_DATABASE, timezone: str = "Asia/Tokyo") -> list[str]:
+def schema_statements(sql: str, *, database: str = _SCHEMA_DATABASE, timezone: str = "Asia/Tokyo",
+                      cancelled: Iterable[str] = DEFAULT_CANCELLED) -> list[str]:
     """Split schema.sql into statements (a ``;`` ends a line), drop ``--`` comment lines, and put the
-    configured database name in place of ``kagoflow`` and the shop time zone in place of ``'Asia/Tokyo'``."""
+    configured database name in place of ``kagoflow``, the shop time zone in place of ``'Asia/Tokyo'`` and the
+    shop's cancelled order statuses in place of ``('cancelled', 'canceled', 'returned')``."""
     if not _IDENTIFIER.fullmatch(database):
         raise ValueError(f"clickhouse database: not an identifier: {database!r}")
     if not _TIMEZONE.fullmatch(timezone):
@@ -62,7 +68,24 @@ def schema_statements(sql: str, *, database: str = _SCHEMA_DATABASE, timezone: s
     lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
     text = re.sub(rf"\b{_SCHEMA_DATABASE}\b", database, "\n".join(lines))
     text = text.replace(_SCHEMA_TIMEZONE, f"'{timezone}'")
-    return [stmt.strip() for stmt in re.split(r";\s*$", text, flags=re.MULTILINE) if stmt.strip()]
+    statuses = _string_tuple(sorted(set(cancelled)))  # after the split: a status may hold anything
+    return [stmt.strip().replace(_SCHEMA_CANCELLED, statuses)
+            for stmt in re.split(r";\s*$", text, flags=re.MULTILINE) if stmt.strip()]
+
+
+def _string_tuple(values: Sequence[str]) -> str:
+    """``('a', 'b')`` with each value a quoted ClickHouse string literal; ``('')`` for none (no order has an
+    empty status)."""
+    quoted = ("'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'" for value in values or ("",))
+    return "(" + ", ".join(quoted) + ")"
+
+
+def shop_cancelled_statuses(settings: Settings) -> tuple[str, ...]:
+    """shop.yaml ``cancelled_statuses`` of the rules directory (the defaults without a shop file); a bad shop
+    file is an error, as it is for the worker."""
+    from kagoflow.core.rules import load_shop
+
+    return tuple(sorted(load_shop(settings.rules_dir).segments.cancelled_statuses))
 
 
 _CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS \w+\.(\w+)\s*\((.*?)\n\)\s*ENGINE", re.DOTALL)
@@ -90,12 +113,15 @@ class ClickHouseArchive:
         send_receive_timeout: float = 60.0,
         schema_path: Path = SCHEMA_PATH,
         timezone: str = "Asia/Tokyo",
+        cancelled_statuses: Iterable[str] = DEFAULT_CANCELLED,
     ) -> None:
         if not _IDENTIFIER.fullmatch(database):
             raise ValueError(f"clickhouse database: not an identifier: {database!r}")
         self.database = database
         self.schema_path = schema_path
         self.timezone = timezone
+        self.cancelled_statuses = tuple(cancelled_statuses)
+        """Order statuses that are no purchase in the views (shop.yaml ``cancelled_statuses``)."""
         # No default database on the connection: the database may not exist before ensure_schema().
         self._client = Client(
             host=host,
@@ -109,7 +135,8 @@ class ClickHouseArchive:
     @classmethod
     def from_settings(cls, settings: Settings) -> ClickHouseArchive:
         return cls(host=settings.clickhouse_host, port=settings.clickhouse_port,
-                   database=settings.clickhouse_database, timezone=settings.shop_timezone)
+                   database=settings.clickhouse_database, timezone=settings.shop_timezone,
+                   cancelled_statuses=shop_cancelled_statuses(settings))
 
     def table(self, name: str) -> str:
         """``database.name`` for SQL text (names are identifiers, checked)."""
@@ -126,7 +153,8 @@ class ClickHouseArchive:
         ``ADD COLUMN IF NOT EXISTS``), before the views that read them are created."""
         sql = self.schema_path.read_text(encoding="utf-8")
         migrated = False
-        for statement in schema_statements(sql, database=self.database, timezone=self.timezone):
+        for statement in schema_statements(sql, database=self.database, timezone=self.timezone,
+                                           cancelled=self.cancelled_statuses):
             if not migrated and not statement.startswith(("CREATE DATABASE", "CREATE TABLE")):
                 self._add_missing_columns(sql)
                 migrated = True

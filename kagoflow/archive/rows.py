@@ -42,7 +42,7 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "beacons": ("ts_ms", "event_id", "member_id", "type", "product_id", "product_ids", "order_id", "price",
                 "quantity", "device", "shop_id", *_KAFKA),
     "members": ("ts_ms", "member_id", "email", "opt_in", "name", "device", "locale", "purchase_count",
-                *_KAFKA),
+                *_KAFKA, "birthday", "gender", "registered_at"),
     "catalog": ("ts_ms", "product_id", "price", "stock", "name", "url", "image_url", "on_sale", *_KAFKA),
     "orders": ("ts_ms", "order_id", "member_id", "status", "ordered_at", "shipped_at", "delivered_at",
                "item_product_ids", "item_quantities", "item_prices", "coupon", "total", *_KAFKA),
@@ -84,7 +84,7 @@ def _beacon_row(fields: contract.BeaconFields, partition: int, offset: int) -> R
 def member_row(value: bytes, partition: int, offset: int, timestamp: int | None) -> Row:
     m = contract.parse_member(value, default_ts=timestamp)
     return (m.ts, m.member_id, m.email or "", 1 if m.opt_in else 0, m.name, m.device or "", m.locale,
-            m.purchase_count, partition, offset)
+            m.purchase_count, partition, offset, m.birthday, m.gender, _seconds(m.registered_at))
 
 
 def catalog_row(value: bytes, partition: int, offset: int, timestamp: int | None) -> Row:

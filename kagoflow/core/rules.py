@@ -307,6 +307,15 @@ def load_rules(dir: Path, *, templates_dir: Path | None = None, min_delay_second
                    customer=customer_rules, coupon_pools=pools)
 
 
+def load_shop(dir: Path) -> ShopConfig:
+    """Only the ``shop.yaml`` of a rules directory (defaults when it or the directory is absent)."""
+    for name in SHOP_FILES:
+        path = dir / name
+        if path.is_file():
+            return parse_shop(read_yaml(path), file=str(path))
+    return ShopConfig()
+
+
 def _parse_price(data: Mapping[str, Any], *, file: str, templates_dir: Path | None,
                  rules_dir: Path | None = None) -> PriceRuleLike:
     try:

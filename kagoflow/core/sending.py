@@ -1,8 +1,10 @@
-"""What happens to the engine's decisions before they are emitted: caps → address suppression → coupons.
+"""What happens to the engine's decisions before they are emitted: address suppression → caps → coupons.
 
 Shared by the worker and the backtest so the same inputs give the same decisions (SPEC §14 fine points:
-caps → holdout → coupon → ``sent``). Only ``sent`` counts against the caps (SPEC §11), and a mail whose
-coupon comes from a pool is only ``sent`` once it has its code, so:
+consent → caps → holdout → coupon → ``sent``). A mail to an address listed for another member id is
+``suppressed`` first, as the core decides a member who unsubscribed (``kagoflow.core.suppression``): it
+consumes no cap and no coupon. Only ``sent`` counts against the caps (SPEC §11), and a mail whose coupon
+comes from a pool is only ``sent`` once it has its code, so:
 
 - a mail without a pool coupon is checked and counted at once (one atomic check-and-count);
 - a pool-coupon mail is first *checked* (nothing counted; ``capped`` when full), then takes its code (an
@@ -23,7 +25,7 @@ from kagoflow.core.behaviour import MemberState
 from kagoflow.core.caps import CapLimits, CapStore, acquire_caps, apply_caps, cap_batches
 from kagoflow.core.couponing import CouponStep, IssuedCoupon
 from kagoflow.core.decisions import Decision
-from kagoflow.core.suppression import AddressBook, apply_address_suppression
+from kagoflow.core.suppression import AddressBook, listed_reasons, suppress_listed
 
 
 async def finish_decisions(
@@ -43,12 +45,20 @@ async def finish_decisions(
     async def admit(sent: list[Decision]) -> set[str]:
         return await acquire_caps(sent, caps, limits=limits, tz=tz)
 
+    if addresses is not None:  # consent before caps; the read is retried, the state change made once
+        while True:
+            try:
+                listed = await listed_reasons(decisions, addresses, email_of)
+                break
+            except Exception as exc:
+                if wait is None:
+                    raise
+                await wait(exc)
+        decisions = suppress_listed(decisions, listed, state_of)
     for part in cap_batches(decisions, coupons.pooled, limits=limits):
         while True:
             try:  # every store call below answers a repeated key alike: a retried part is decided alike
                 checked = await apply_caps(part, caps, limits=limits, tz=tz, deferred=coupons.pooled)
-                if addresses is not None:
-                    checked = await apply_address_suppression(checked, addresses, email_of)
                 done, got = await coupons.apply(checked, state_of, admit)  # member states change last
                 break
             except Exception as exc:

@@ -170,6 +170,9 @@ class MemberProcessor:
         """Cross-member suppression by e-mail address (``kagoflow.core.suppression``); None = off."""
         self._to_list: list[tuple[str, str]] = []
         """(email, reason) of unsubscribed / bounced members not yet written to ``addresses``."""
+        self._listed_at: int | None = None
+        """ts of the record whose unsubscribe / bounce this event lists: what is due at or before it fires
+        before the listing (SPEC §11, as in the backtest)."""
         self.ruleset = ruleset
         self.table = table
         self.catalog = catalog
@@ -266,10 +269,16 @@ class MemberProcessor:
                                     f"internal: {type(exc).__name__}: {exc}")
         if self.dates.active:  # once per shop-local day: the partition's members with a date due soon
             self.dates.schedule_due(partition, now, self.cache.get, book.schedule, self.engine.next_due)
+        if self._to_list:  # an unsubscribe / bounce reached a member's state: list its address, but first decide
+            listed_at, self._listed_at = self._listed_at, None  # what was due at or before the record (§11)
+            if listed_at is not None and book.due and book.due[0][0] <= min(listed_at, now):
+                decisions += self._fire_due(partition, min(listed_at, now))
+            if decisions:
+                await self._emit(book, decisions)
+                decisions = []
+            await self._list_addresses(now)
         if book.due and book.due[0][0] <= now:
             decisions += self._fire_due(partition, now)
-        if self._to_list:
-            await self._list_addresses(now)
         if decisions:
             await self._emit(book, decisions)
         if book.flushing is not None or book.flush_due(now, self.flush_interval_ms):
@@ -343,6 +352,7 @@ class MemberProcessor:
             reason = address_reason(state)
             if reason is not None:
                 self._to_list.append((cast(str, state.email), reason))
+                self._listed_at = record.ts if self._listed_at is None else min(self._listed_at, record.ts)
         return decisions
 
     async def _on_trigger(self, book: PartitionBook[MemberState, Ackable], value: bytes | None, now: int) -> None:
@@ -438,6 +448,17 @@ class MemberProcessor:
         book.in_flight += await self.outbox.send_many(self.names.mail_decisions, records, partition=book.partition)
         if issued or self.coupon_step.pool_empty != self.metrics.coupon_pool_empty:
             await self._coupons_issued(book, final, issued)
+        for decision in final:  # a scenario run ended by address suppression (``core.suppression``)
+            if decision.status == "ended" and decision.reason == "suppressed":
+                self._changed_after_core(book, decision.member_id)
+
+    def _changed_after_core(self, book: PartitionBook[MemberState, Ackable], member_id: str) -> None:
+        """Store and reschedule a member whose state ``finish_decisions`` changed."""
+        state = self.cache.peek(member_id)
+        if state is not None:
+            book.dirty.add(member_id)
+            self.cache.pin(member_id)
+            book.schedule(self.engine.next_due(state), member_id)
 
     async def _coupons_issued(self, book: PartitionBook[MemberState, Ackable], final: list[Decision],
                               issued: list[IssuedCoupon]) -> None:
@@ -447,11 +468,7 @@ class MemberProcessor:
         self.metrics.coupons_issued += len(issued)
         for decision in final:
             if decision.coupon is not None or decision.reason == "coupon_pool_empty":  # incl. an ended run
-                state = self.cache.peek(decision.member_id)
-                if state is not None:
-                    book.dirty.add(state.member_id)
-                    self.cache.pin(state.member_id)
-                    book.schedule(self.engine.next_due(state), state.member_id)
+                self._changed_after_core(book, decision.member_id)
         if issued:
             records = [(coupon.code.encode(), coupon.to_bytes()) for coupon in issued]
             book.in_flight += await self.outbox.send_many(self.names.coupons_issued, records)

@@ -60,7 +60,7 @@ def beacon(event_id: str, member_id: str, kind: str, at_ms: int, *, product_id: 
 
 def member(member_id: str, email: str, ts_ms: int) -> tuple[Any, ...]:
     return _row("members", ts_ms=ts_ms, member_id=member_id, email=email, opt_in=1, name=None, device="",
-                locale=None, purchase_count=None)
+                locale=None, purchase_count=None, birthday=None, gender=None, registered_at=None)
 
 
 K1, K2, K3, K4, K5, K6 = (f"m{i}|cart-1h|e1" for i in range(1, 7))
