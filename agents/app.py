@@ -26,6 +26,7 @@ from kagoflow.adapters.kafka_outbox import KafkaOutbox
 from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.agents.catalog import make_catalog_agent
 from kagoflow.agents.delivery import make_delivery_agent
+from kagoflow.agents.offsets import PartitionOffsets
 from kagoflow.agents.tables import bytes_table
 from kagoflow.agents.web import add_routes
 from kagoflow.core.behaviour import MemberState
@@ -132,6 +133,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
     )
     ticks = app.topic(names.ticks, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    offsets = PartitionOffsets(app, engine_topics(names), bootstrap=settings.kafka_bootstrap)
     kf = Kagoflow(app=app, settings=settings, ruleset=ruleset, processor=processor, link=link, catalog=catalog,
                   member_table=member_table, deliverer=deliverer)
     public = PublicServer(public_app(settings, sink=engagement, store=store, ready=catalog.caught_up.is_set),
@@ -141,11 +143,16 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     async def member_agent(stream: Any) -> None:  # a faust.Stream (StreamT lacks noack)
         await catalog.caught_up.wait()
         if link is not None:
-            await forward_to_engine(stream, link, member_table)
+            await forward_to_engine(stream, link, member_table, offsets)
             return
         assert processor is not None
         async for event in stream.noack().events():
             message = event.message
+            verdict = offsets.admit(message)
+            if verdict != "process":
+                if verdict == "rewind":
+                    await offsets.rewind(message)
+                continue
             await processor.on_event(
                 topic=message.topic, partition=message.partition, key=message.key, value=message.value,
                 timestamp_ms=int(message.timestamp * 1000), offset=message.offset, event=event,
@@ -170,6 +177,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == names.beacons}
+        offsets.revoked(partitions)
         if link is not None:
             await link.revoke(partitions)
         else:
@@ -179,6 +187,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in assigned if tp.topic == names.beacons}
+        await offsets.assigned(partitions)
         (link if link is not None else cast(MemberProcessor, processor)).assign(partitions)
 
     @app.task
@@ -217,18 +226,24 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     return kf
 
 
-async def forward_to_engine(stream: Any, link: EngineLink, table: Any) -> None:
+async def forward_to_engine(stream: Any, link: EngineLink, table: Any, offsets: PartitionOffsets) -> None:
     """The member agent with the engine in its own process: records go to the engine as they are; the
     bucket values it hands back are stored (and the records they cover acked) while a record of their
-    partition is current, as Faust requires for table writes."""
+    partition is current, as Faust requires for table writes. Each record goes once, in offset order
+    (``offsets``: Faust can hand over a record fetched before a rebalance after seeking back)."""
     await link.started.wait()
-    submit, apply, ready = link.submit, link.apply, link.ready
+    submit, apply, ready, admit = link.submit, link.apply, link.ready, offsets.admit
     records = stream.noack()
     async for _ in records:  # what ``.events()`` does, minus one async generator per record
         event = records.current_event
         if event is None:
             continue
         message = event.message
+        verdict = admit(message)
+        if verdict != "process":
+            if verdict == "rewind":
+                await offsets.rewind(message)
+            continue
         partition = message.partition
         if link.dump_pending:
             await link.dump(table)
