@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,15 @@ from kagoflow.worker import buckets, frames
 from kagoflow.worker.processor import MemberProcessor, make_processor
 
 log = logging.getLogger("kagoflow.engine")
+EXIT_DEADLINE_S = 45.0
+"""How long the clean-up after the worker closed the pipe may take (the archiver's final flush gives up
+after 30 s)."""
+
+
+def _exit_now() -> None:
+    log.warning("member engine: clean-up still running after %.0f s; exiting now", EXIT_DEADLINE_S)
+    logging.shutdown()
+    os._exit(0)
 
 
 def member_topics(names: Topics) -> list[str]:
@@ -201,6 +211,12 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
         await engine.run(reader)
         log.info("member engine: the worker closed the pipe after %d records; exiting", engine.seq)
     finally:
+        # Its worker is gone: whatever the clean-up waits for (an archive flush to an unreachable ClickHouse,
+        # a Kafka client leaving its group), the process ends — seen: engines idling for 30 min after their
+        # worker was SIGKILLed, still members of the archive group.
+        watchdog = threading.Timer(EXIT_DEADLINE_S, _exit_now)
+        watchdog.daemon = True
+        watchdog.start()
         reloading.cancel()
         if archiver is not None:
             await archiver.stop()  # flushes the pending batch and leaves the group at once
