@@ -70,7 +70,10 @@ class PartitionOffsets:
         gaps = getattr(self.app.consumer, "_gap", None)
         if gaps is not None:
             gaps.pop(tp, None)
-        await self.app.consumer.seek(tp, expected)
+        try:
+            await self.app.consumer.seek(tp, expected)
+        except Exception:  # e.g. a rebalance under way: the next assignment starts from the committed offset
+            log.exception("%s[%d]: seeking back to %d failed", message.topic, message.partition, expected)
 
     async def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.app.conf.id}-offsets")
