@@ -45,6 +45,17 @@ from kagoflow.worker.processor import MemberProcessor, make_processor, wall_cloc
 log = logging.getLogger(__name__)
 
 
+class _NoAck:
+    """The event of a record read past Faust (``agents/offsets.py``): nothing to acknowledge — the flush that
+    covers it also covers the next Faust record, whose acknowledgement lets Faust commit past it."""
+
+    def ack(self) -> bool:
+        return True
+
+
+NO_ACK = _NoAck()
+
+
 @dataclass
 class Kagoflow:
     """Everything a running worker holds, for the web views and tests."""
@@ -148,11 +159,13 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
         assert processor is not None
         async for event in stream.noack().events():
             message = event.message
-            verdict = offsets.admit(message)
-            if verdict != "process":
-                if verdict == "rewind":
-                    await offsets.rewind(message)
+            start = offsets.admit(message)
+            if start is None:
                 continue
+            for record in await offsets.missing(message, start) if start >= 0 else ():
+                await processor.on_event(topic=record.topic, partition=record.partition, key=record.key,
+                                         value=record.value, timestamp_ms=record.timestamp, offset=record.offset,
+                                         event=NO_ACK)
             await processor.on_event(
                 topic=message.topic, partition=message.partition, key=message.key, value=message.value,
                 timestamp_ms=int(message.timestamp * 1000), offset=message.offset, event=event,
@@ -239,16 +252,17 @@ async def forward_to_engine(stream: Any, link: EngineLink, table: Any, offsets: 
         if event is None:
             continue
         message = event.message
-        verdict = admit(message)
-        if verdict != "process":
-            if verdict == "rewind":
-                await offsets.rewind(message)
-            continue
         partition = message.partition
         if link.dump_pending:
             await link.dump(table)
         if partition in ready:
             apply(partition, table)
+        start = admit(message)
+        if start is None:
+            continue
+        if start >= 0:  # records Faust lost across a rebalance: in order, before this one
+            for record in await offsets.missing(message, start):
+                submit(NO_ACK, record.topic, partition, record.offset, record.timestamp, record.value, record.key)
         submit(event, message.topic, partition, message.offset, int(message.timestamp * 1000), message.value,
                message.key)
         if link.batched >= BATCH_EVENTS:

@@ -1,17 +1,16 @@
-"""The Faust side of ``kagoflow.worker.offsets.OffsetGuard``: committed offsets on assignment, seeks back.
+"""The Faust side of ``kagoflow.worker.offsets.OffsetGuard``: committed offsets on assignment, gaps filled.
 
 On assignment the member topics' committed offsets of the new partitions are read from the group (the earliest
-offset where there is none) and become the guard's expectations; when a record comes past a missing one, the
-consumer seeks back to it. Faust's gap bookkeeping for that partition (``Consumer._gap``, meant for compacted
-topics) is cleared at the same time: left in place it would count the missing records as acknowledged.
+offset where there is none) and become the guard's expectations; when a record comes past missing ones, they
+are read straight from Kafka and handed over first.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from faust.types import TP
@@ -19,10 +18,6 @@ from faust.types import TP
 from kagoflow.worker.offsets import OffsetGuard
 
 log = logging.getLogger(__name__)
-
-
-def monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)
 
 
 class PartitionOffsets:
@@ -41,7 +36,7 @@ class PartitionOffsets:
             committed = await self._committed(tps)
             missing = [TP(tp.topic, tp.partition) for tp in tps if committed.get(tp, -1) < 0]
             earliest = await self.app.consumer.earliest_offsets(*missing) if missing else {}
-        except Exception:  # no expectation means no check: the worker runs as without the guard
+        except Exception:  # no expectation means no check: the worker runs as it did without the guard
             log.exception("committed offsets of partitions %s unavailable; their records are not checked",
                           sorted(partitions))
             return
@@ -55,25 +50,36 @@ class PartitionOffsets:
     def revoked(self, partitions: set[int]) -> None:
         self.guard.forget(partitions)
 
-    def admit(self, message: Any) -> str:
-        """``process``, ``skip`` or ``rewind`` (then ``await rewind(message)`` and drop the record)."""
-        return self.guard.check(message.topic, message.partition, message.offset, now_ms=monotonic_ms())
+    def admit(self, message: Any) -> int | None:
+        """-1: hand the record over; None: skip it (handed over before); else the first of the records
+        missing before it: ``await missing(message, start)`` and hand those over first."""
+        verdict, start = self.guard.check(message.topic, message.partition, message.offset)
+        if verdict == "process":
+            return -1
+        return None if verdict == "skip" else start
 
-    async def rewind(self, message: Any) -> None:
-        expected = self.guard.expected(message.topic, message.partition)
-        if expected is None:
-            return
-        log.warning("%s[%d]: record %d came before %d..%d: seeking back to %d (records fetched before a "
-                    "rebalance; see kagoflow.worker.offsets)", message.topic, message.partition, message.offset,
-                    expected, message.offset - 1, expected)
-        tp = TP(message.topic, message.partition)
-        gaps = getattr(self.app.consumer, "_gap", None)
-        if gaps is not None:
-            gaps.pop(tp, None)
+    async def missing(self, message: Any, start: int) -> list[Any]:
+        """The records ``start..`` before ``message``, read from Kafka (aiokafka ``ConsumerRecord``s)."""
+        log.warning("%s[%d]: record %d came before %d..%d (fetched before a rebalance, see "
+                    "kagoflow.worker.offsets): reading those from Kafka first", message.topic, message.partition,
+                    message.offset, start, message.offset - 1)
+        return await self._read(TopicPartition(message.topic, message.partition), start, message.offset)
+
+    async def _read(self, tp: TopicPartition, start: int, end: int) -> list[Any]:
+        """The records ``start..end-1`` of ``tp`` (fewer where offsets do not exist: compaction, markers)."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                    client_id=f"{self.app.conf.id}-gap")
+        await consumer.start()
+        records: list[Any] = []
         try:
-            await self.app.consumer.seek(tp, expected)
-        except Exception:  # e.g. a rebalance under way: the next assignment starts from the committed offset
-            log.exception("%s[%d]: seeking back to %d failed", message.topic, message.partition, expected)
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                records += [record for record in batch.get(tp, []) if record.offset < end]
+        finally:
+            await consumer.stop()
+        return records
 
     async def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.app.conf.id}-offsets")
