@@ -145,6 +145,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     )
     ticks = app.topic(names.ticks, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     offsets = PartitionOffsets(app, engine_topics(names), bootstrap=settings.kafka_bootstrap)
+    decision_offsets = PartitionOffsets(app, [names.mail_decisions], bootstrap=settings.kafka_bootstrap)
     kf = Kagoflow(app=app, settings=settings, ruleset=ruleset, processor=processor, link=link, catalog=catalog,
                   member_table=member_table, deliverer=deliverer)
     public = PublicServer(public_app(settings, sink=engagement, store=store, ready=catalog.caught_up.is_set),
@@ -191,6 +192,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == names.beacons}
         offsets.revoked(partitions)
+        decision_offsets.revoked({tp.partition for tp in revoked if tp.topic == names.mail_decisions})
         if link is not None:
             await link.revoke(partitions)
         else:
@@ -201,6 +203,7 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in assigned if tp.topic == names.beacons}
         await offsets.assigned(partitions)
+        await decision_offsets.assigned({tp.partition for tp in assigned if tp.topic == names.mail_decisions})
         (link if link is not None else cast(MemberProcessor, processor)).assign(partitions)
 
     @app.task
@@ -234,7 +237,8 @@ def create_app(settings: Settings, *, ruleset: RuleSet | None = None) -> Kagoflo
             await link.stop()
 
     make_catalog_agent(app, settings=settings, ruleset=ruleset, outbox=outbox)
-    make_delivery_agent(app, settings=settings, catalog=catalog, store=store, deliverer=deliverer)
+    make_delivery_agent(app, settings=settings, catalog=catalog, store=store, deliverer=deliverer,
+                        offsets=decision_offsets)
     add_routes(kf)
     return kf
 

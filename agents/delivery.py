@@ -18,6 +18,7 @@ import orjson
 
 from kagoflow.adapters.catalog_follower import CatalogFollower
 from kagoflow.adapters.redis_store import RedisStore, StoreUnavailable
+from kagoflow.agents.offsets import PartitionOffsets
 from kagoflow.core.decisions import Decision
 from kagoflow.mail.context import MemberProfile
 from kagoflow.mail.delivery import Deliverer, DeliveryJob
@@ -38,8 +39,25 @@ def delivery_job(data: dict[str, Any], catalog: CatalogFollower) -> DeliveryJob 
     return decision, profile, products
 
 
+async def decision_values(events: list[Any], offsets: PartitionOffsets) -> list[bytes]:
+    """The values of a batch's records, each once and in offset order per partition: records Faust lost
+    across a rebalance are read from Kafka first (``kagoflow.worker.offsets``), ones handed over before are
+    left out."""
+    values: list[bytes] = []
+    for event in events:
+        message = event.message
+        start = offsets.admit(message)
+        if start is None:
+            continue
+        if start >= 0:
+            values += [record.value for record in await offsets.missing(message, start) if record.value]
+        values.append(message.value)
+    return values
+
+
 def make_delivery_agent(
-    app: faust.App, *, settings: Settings, catalog: CatalogFollower, store: RedisStore, deliverer: Deliverer
+    app: faust.App, *, settings: Settings, catalog: CatalogFollower, store: RedisStore, deliverer: Deliverer,
+    offsets: PartitionOffsets,
 ) -> Any:
     source = app.topic(Topics(settings.topic_prefix).mail_decisions, key_serializer="raw", value_serializer="raw")
 
@@ -47,7 +65,8 @@ def make_delivery_agent(
     async def delivery_agent(stream: Any) -> None:  # a faust.Stream (StreamT lacks noack_take)
         await catalog.caught_up.wait()
         async for events in stream.noack_take(256, within=0.2):
-            jobs = [job for event in events if (job := delivery_job(orjson.loads(event.message.value), catalog))]
+            values = await decision_values(events, offsets)
+            jobs = [job for value in values if (job := delivery_job(orjson.loads(value), catalog))]
             delay = 0.5
             while jobs:
                 try:
