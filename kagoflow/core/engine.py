@@ -52,6 +52,13 @@ def default_programs(rules: RuleSet) -> list[Program]:
     return programs
 
 
+def _reacts(program: Program, record_type: type, beacon_type: str | None) -> bool:
+    """Whether ``program.on_record`` may do anything for records of this class (and beacon type): a program
+    may say so by a ``reacts_to(record_type, beacon_type)`` method (``Program``); without one it always may."""
+    reacts_to = getattr(program, "reacts_to", None)
+    return True if reacts_to is None else bool(reacts_to(record_type, beacon_type))
+
+
 class Engine:
     """Applies records to a ``MemberState`` and fires what its programs have due, per SPEC §11–§13."""
 
@@ -63,6 +70,8 @@ class Engine:
         self.programs: tuple[Program, ...] = tuple(default_programs(rules) if programs is None else programs)
         self._measured = measure.measured_rules(rule for rule in rules.by_id.values() if rule.enabled)
         self._cancelled = rules.shop.segments.cancelled_statuses
+        self._reacting: dict[tuple[type, str | None], tuple[Program, ...]] = {}
+        """(record class, beacon type) → the programs whose ``on_record`` may react to such a record."""
 
     # -- public API --------------------------------------------------------------------------------------
     def handle(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
@@ -72,7 +81,9 @@ class Engine:
             raise ValueError(f"record of member {record.member_id!r} handed to state of {state.member_id!r}")
         decisions = self._fire(state, record.ts, catalog=catalog)  # made at ts: the record is "now"
         record_type = type(record)
+        beacon_type: str | None = None
         if record_type is Beacon:
+            beacon_type = cast(Beacon, record).type
             apply_beacon(state, cast(Beacon, record))
         elif record_type is MemberUpdate:
             apply_member(state, cast(MemberUpdate, record))
@@ -81,7 +92,11 @@ class Engine:
             apply_order(state, cast(OrderUpdate, record), self._cancelled)
         else:
             apply_engagement(state, cast(Any, record))
-        for program in self.programs:
+        reacting = self._reacting.get((record_type, beacon_type))
+        if reacting is None:
+            reacting = self._reacting[record_type, beacon_type] = tuple(
+                program for program in self.programs if _reacts(program, record_type, beacon_type))
+        for program in reacting:
             made = program.on_record(state, record, catalog=catalog)
             if made:
                 decisions.extend(made)
