@@ -52,7 +52,12 @@ class WatchIndex:
                 # indexed under one state per product, so no other state can hold it
         member_id = sys.intern(member_id)
         for name, products in by_state.items():
-            if name != state and product_id in products and self._discard(products, product_id, member_id):
+            if name == state:
+                continue
+            entry = products.get(product_id)  # ``_discard``'s no-op cases inline: other members' entries
+            if entry is None or (entry != member_id if type(entry) is str else member_id not in entry):
+                continue
+            if self._discard(products, product_id, member_id):
                 self._pairs -= 1
         if state is not None and self._add(by_state[state], sys.intern(product_id), member_id):
             self._pairs += 1
