@@ -31,7 +31,7 @@ from kagoflow.core.coupons import MemoryCouponPool
 from kagoflow.core.decisions import Decision
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError
-from kagoflow.core.events import Beacon, CatalogUpdate, Engagement, MemberUpdate, Record
+from kagoflow.core.events import Beacon, CatalogUpdate, Engagement, MemberRecord, MemberUpdate, Record
 from kagoflow.core.rules import RuleSet, load_rules
 from kagoflow.core.sending import finish_decisions
 from kagoflow.core.suppression import InMemoryAddressBook, address_reason
@@ -76,21 +76,24 @@ class Replay:
         out = await self.advance(ts) if self._heap and self._heap[0][0] <= ts else []
         if self.clock is None or ts > self.clock:
             self.clock = ts
-        if isinstance(record, CatalogUpdate):
-            self._apply_catalog(record)
+        record_type = type(record)  # the record classes are final: ``is`` instead of ``isinstance``
+        if record_type is CatalogUpdate:
+            self._apply_catalog(cast(CatalogUpdate, record))
             return out
-        state = self.states.get(record.member_id)
+        member_record = cast(MemberRecord, record)
+        state = self.states.get(member_record.member_id)
         if state is None:
-            state = self.states[record.member_id] = MemberState(record.member_id)
-        if isinstance(record, Beacon) and state.seen_event(record.event_id):
+            state = self.states[member_record.member_id] = MemberState(member_record.member_id)
+        if record_type is Beacon and state.seen_event(cast(Beacon, record).event_id):
             return out
-        decisions = self.engine.handle(state, record, catalog=self.catalog)
-        if isinstance(record, Engagement | MemberUpdate) and (reason := address_reason(state)) is not None:
+        decisions, due = self.engine.handle_due(state, member_record, catalog=self.catalog)
+        if (record_type is Engagement or record_type is MemberUpdate) and (
+                reason := address_reason(state)) is not None:
             await self.addresses.list_addresses([(cast(str, state.email), reason)], now_ms=ts)
         if self.index is not None and state.touched:
             for product_id in state.touched:
                 self.index.update(state.member_id, product_id, state.product_state(product_id))
-        self._schedule(state)
+        self._schedule(state, due)
         if decisions:
             out.extend(await self._caps(decisions))
         return out
@@ -110,14 +113,16 @@ class Replay:
             if self.clock is None or due > self.clock:
                 self.clock = due
             state = self.states[member_id]
-            decisions = self.engine.tick(state, due, catalog=self.catalog)
-            self._schedule(state)
+            decisions, after = self.engine.tick_due(state, due, catalog=self.catalog)
+            self._schedule(state, after)
             if decisions:
                 out.extend(await self._caps(decisions))
         return out
 
-    def _schedule(self, state: MemberState) -> None:
-        due = self.engine.next_due(state)
+    def _schedule(self, state: MemberState, due: int | bool | None = False) -> None:
+        """(Re)schedule the member at its next due (``due``: as the engine returned it; False = ask)."""
+        if due is False:
+            due = self.engine.next_due(state)
         member_id = state.member_id
         if due is None:
             self._scheduled.pop(member_id, None)

@@ -336,8 +336,8 @@ class MemberProcessor:
             self.metrics.duplicates += 1
             return []
         state.touched = ()
-        decisions = self.engine.handle(state, record, catalog=self.catalog)
-        self._after_change(partition, state, state.touched)
+        decisions, due = self.engine.handle_due(state, record, catalog=self.catalog)
+        self._after_change(partition, state, state.touched, due)
         record_type = type(record)
         if (record_type is Engagement or record_type is MemberUpdate) and self.addresses is not None:
             reason = address_reason(state)
@@ -377,12 +377,15 @@ class MemberProcessor:
         if chunk:
             await self._emit(book, chunk)
 
-    def _after_change(self, partition: int, state: MemberState, touched: Iterable[str]) -> None:
+    def _after_change(self, partition: int, state: MemberState, touched: Iterable[str],
+                      due: int | bool | None = False) -> None:
+        """Mark the changed state for the next flush and schedule its next due (``due``: as the engine
+        returned it with the change; False = ask the engine)."""
         state.partition = partition
         book = self.books[partition]
         book.dirty.add(state.member_id)
         self.cache.pin(state.member_id)
-        book.schedule(self.engine.next_due(state), state.member_id)
+        book.schedule(self.engine.next_due(state) if due is False else due, state.member_id)
         if self.dates.active:
             self.dates.index(partition, state)
         if touched and self.engine.price_rules:  # the index only serves price and stock mails
@@ -401,11 +404,11 @@ class MemberProcessor:
             if due is None or due > now:
                 book.schedule(due, member_id)
                 continue
-            fired = self.engine.tick(state, now, catalog=self.catalog)
+            fired, due = self.engine.tick_due(state, now, catalog=self.catalog)
             for decision in fired:
                 self.metrics.fire_lag_ms.append(decision.at_ms - decision.due_ms)
             decisions += fired
-            self._after_change(partition, state, ())
+            self._after_change(partition, state, (), due)
         return decisions
 
     # -- effects -----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The engine skips ``on_record`` of programs whose ``reacts_to`` says the record cannot concern them: such a
-call must do nothing at all, and skipping it must not change any decision."""
+call must do nothing at all, and skipping it must not change any decision. ``handle_due`` / ``tick_due``
+reuse the dues of programs that neither fired nor got the record: they must equal ``next_due`` afterwards."""
 
 from __future__ import annotations
 
@@ -83,16 +84,26 @@ def records(seed: int, count: int) -> list[MemberRecord]:
     return out
 
 
-def replay(engine: Engine, stream: list[MemberRecord]) -> list[Decision]:
+def replay(engine: Engine, stream: list[MemberRecord], *, with_due: bool = False) -> list[Decision]:
     states: dict[str, MemberState] = {}
     out: list[Decision] = []
     for record in stream:
         for state in states.values():  # what fell due before the record, member by member
             due = engine.next_due(state)
             if due is not None and due < record.ts:
-                out += engine.tick(state, due, catalog={})
+                if with_due:
+                    fired, after = engine.tick_due(state, due, catalog={})
+                    assert after == engine.next_due(state)
+                    out += fired
+                else:
+                    out += engine.tick(state, due, catalog={})
         state = states.setdefault(record.member_id, MemberState(record.member_id))
-        out += engine.handle(state, record, catalog={})
+        if with_due:
+            made, after = engine.handle_due(state, record, catalog={})
+            assert after == engine.next_due(state), record
+            out += made
+        else:
+            out += engine.handle(state, record, catalog={})
     return out
 
 
@@ -110,5 +121,6 @@ def test_skipped_on_record_calls_change_nothing() -> None:
         every_call = replay(Engine(rules, programs=checked), stream)
         skipping = replay(Engine(rules, programs=programs), stream)
         assert skipping == every_call
+        assert replay(Engine(rules, programs=programs), stream, with_due=True) == every_call
         assert len(every_call) > 50
         assert all(spy.skipped for spy in checked)
