@@ -239,7 +239,9 @@ def merged_records(files: dict[str, Path]) -> tuple[Iterator[tuple[int, int, int
         total += count
         records = _records(path, kind)
         streams.append(records if ordered else iter(sorted(records, key=lambda r: (r[0], r[2]))))
-    return heapq.merge(*streams, key=lambda r: (r[0], r[1], r[2])), total
+    # No key function: the tuples compare by (ts, kind order, line number), which no two records share, so the
+    # records themselves are never compared (a key would build a tuple per record).
+    return heapq.merge(*streams), total
 
 
 # -- command ----------------------------------------------------------------------------------------------
@@ -290,12 +292,13 @@ async def _run(
     replay = Replay(rules, secret=secret)
     bar = _Progress(total) if progress and total >= PROGRESS_EVERY else None
     dumps = orjson.dumps
+    newline = orjson.OPT_APPEND_NEWLINE
     seen = 0
 
     def emit(decisions: list[Decision]) -> None:
         for decision in decisions:
             counts[decision.rule_id, decision.status] += 1
-            sink.write(dumps(decision.to_json()) + b"\n")
+            sink.write(dumps(decision.to_json(), option=newline))
 
     for ts, _, _, record in records:
         if replay.clock is not None and ts < replay.clock:  # only if the cheap pre-pass misjudged the order

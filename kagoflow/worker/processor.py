@@ -272,7 +272,8 @@ class MemberProcessor:
             await self._list_addresses(now)
         if decisions:
             await self._emit(book, decisions)
-        if book.flushing is not None or book.flush_due(now, self.flush_interval_ms):
+        interval = self.flush_interval_ms  # the interval test first: no method call on most events
+        if book.flushing is not None or (now - book.last_flush_ms >= interval and book.flush_due(now, interval)):
             await self._flush_step(book, now, budget_s=budget)
 
     # -- record kinds ------------------------------------------------------------------------------
