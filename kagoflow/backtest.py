@@ -13,6 +13,7 @@ memory; a file that is not is sorted in memory first.
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import re
 import sys
@@ -47,6 +48,8 @@ LIFE_STATUSES = ("started", "ended", "converted")
 RUN_ON_DAYS = 400
 """SPEC §13: after the last record the clock runs on until nothing is pending or for at most 400 days."""
 PROGRESS_EVERY = 20_000
+GC_THRESHOLDS = (50_000, 20, 20)
+"""The garbage collector's thresholds during a backtest (the worker's)."""
 """Records between progress updates (on a terminal: one redrawn line; otherwise: one line per 20 updates)."""
 
 
@@ -268,13 +271,20 @@ def run_backtest(
     records, total = merged_records(files)
     counts: Counter[tuple[str, str]] = Counter()
     secret = settings.tracking_secret
-    if out is None:
-        stats = asyncio.run(_run(rules, records, sys.stdout.buffer, counts, total=total, progress=progress,
-                                 secret=secret))
-    else:
-        with out.open("wb") as sink:
-            stats = asyncio.run(_run(rules, records, sink, counts, total=total, progress=progress,
+    thresholds = gc.get_threshold()
+    # As the worker: every member state stays in memory, so the default thresholds would have the collector
+    # traverse millions of long-lived objects again and again (measured: ~13 % of a backtest's CPU time).
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        if out is None:
+            stats = asyncio.run(_run(rules, records, sys.stdout.buffer, counts, total=total, progress=progress,
                                      secret=secret))
+        else:
+            with out.open("wb") as sink:
+                stats = asyncio.run(_run(rules, records, sink, counts, total=total, progress=progress,
+                                         secret=secret))
+    finally:
+        gc.set_threshold(*thresholds)
     _summary(rules, counts, records=stats)
     return 0
 
