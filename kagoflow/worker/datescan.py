@@ -37,9 +37,10 @@ class DateScan:
         self.scanned: dict[int, date] = {}
         self.active = bool(self.programs)
         """Whether any date rule is enabled (the programs are fixed for the engine's life)."""
-        self._quarter: dict[int, int] = {}
+        self.checked_quarter: dict[int, int] = {}
         """Per partition, the UTC quarter hour of the last ``due_members`` check: every UTC offset is a
-        multiple of 15 minutes, so the shop-local date cannot change within one (``shoptime.local_date``)."""
+        multiple of 15 minutes, so the shop-local date cannot change within one (``shoptime.local_date``);
+        the worker reads it to skip the call on most events."""
 
     def set_now(self, now_ms: int) -> None:
         """The engine reports date dues up to ``now_ms`` + the horizon."""
@@ -63,9 +64,9 @@ class DateScan:
     def due_members(self, partition: int, now_ms: int) -> list[str]:
         """Once per shop-local day and partition: the members a date rule concerns today or tomorrow."""
         quarter = now_ms // QUARTER_MS
-        if self._quarter.get(partition) == quarter and partition in self.scanned:
+        if self.checked_quarter.get(partition) == quarter and partition in self.scanned:
             return []  # checked within this quarter hour: the same day, already scanned
-        self._quarter[partition] = quarter
+        self.checked_quarter[partition] = quarter
         today = local_day(now_ms, self.tz)
         if self.scanned.get(partition) == today:
             return []
@@ -91,10 +92,10 @@ class DateScan:
         for partition in partitions:
             self.indexes.pop(partition, None)
             self.scanned.pop(partition, None)
-            self._quarter.pop(partition, None)
+            self.checked_quarter.pop(partition, None)
 
     def reset(self, partition: int) -> None:
         """A partition (re)assigned: its index is rebuilt from the scan of its states."""
         self.indexes.pop(partition, None)
         self.scanned.pop(partition, None)
-        self._quarter.pop(partition, None)
+        self.checked_quarter.pop(partition, None)

@@ -33,6 +33,7 @@ from kagoflow.core.events import Beacon, Engagement, MemberRecord, MemberUpdate,
 from kagoflow.core.rules import RuleSet
 from kagoflow.core.scenario import order_snapshot
 from kagoflow.core.sending import finish_decisions
+from kagoflow.core.shoptime import QUARTER_MS
 from kagoflow.core.suppression import AddressBook, address_reason
 from kagoflow.core.watchindex import WatchIndex
 from kagoflow.settings import Settings
@@ -264,8 +265,10 @@ class MemberProcessor:
             log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
             await self._dead_letter(book, topic, partition, offset, key, value,
                                     f"internal: {type(exc).__name__}: {exc}")
-        if self.dates.active:  # once per shop-local day: the partition's members with a date due soon
-            self.dates.schedule_due(partition, now, self.cache.get, book.schedule, self.engine.next_due)
+        # once per shop-local day: the partition's members with a date due soon (looked at once a quarter hour)
+        dates = self.dates
+        if dates.active and dates.checked_quarter.get(partition) != now // QUARTER_MS:
+            dates.schedule_due(partition, now, self.cache.get, book.schedule, self.engine.next_due)
         if book.due and book.due[0][0] <= now:
             decisions += self._fire_due(partition, now)
         if self._to_list:
