@@ -73,34 +73,61 @@ class Engine:
         self._reacting: dict[tuple[type, str | None], tuple[tuple[Program, ...], tuple[bool, ...]]] = {}
         """(record class, beacon type) → the programs whose ``on_record`` may react to such a record (and the
         same as a mask over ``programs``)."""
+        self._none = (False,) * len(self.programs)
 
     # -- public API --------------------------------------------------------------------------------------
     def handle(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
         """Fire what is due at or before ``record.ts`` (a due equal to ``ts`` fires first), apply the record,
         then let every program react at ``record.ts`` (e.g. fire what the record moved into the past)."""
-        return self._handle(state, record, catalog, None)
+        return self.handle_due(state, record, catalog=catalog)[0]
 
     def handle_due(self, state: MemberState, record: MemberRecord, *,
                    catalog: CatalogLookup) -> tuple[list[Decision], int | None]:
         """``handle``, and then ``next_due`` of the state, in one pass: a program the record cannot concern
         (``Program.reacts_to``) and that had nothing to fire keeps the due it had before the record, so only
         the others are asked again (the worker and the backtest schedule every member after each record)."""
-        dues: list[int | None] = []
-        decisions = self._handle(state, record, catalog, dues)
-        return decisions, dues[0] if dues else None
+        if record.member_id != state.member_id:
+            raise ValueError(f"record of member {record.member_id!r} handed to state of {state.member_id!r}")
+        record_type = type(record)
+        beacon_type = cast(Beacon, record).type if record_type is Beacon else None
+        found = self._reacting.get((record_type, beacon_type))
+        if found is None:
+            found = self._reacting[record_type, beacon_type] = _reacting(self.programs, record_type, beacon_type)
+        reacting, mask = found
+        # made at ts: the record is "now"
+        decisions, due, again = self._fire(state, record.ts, catalog, mask)
+        if record_type is Beacon:
+            apply_beacon(state, cast(Beacon, record))
+        elif record_type is MemberUpdate:
+            apply_member(state, cast(MemberUpdate, record))
+        elif record_type is OrderUpdate:
+            # orders are no beacons: neither access nor reset
+            apply_order(state, cast(OrderUpdate, record), self._cancelled)
+        else:
+            apply_engagement(state, cast(Any, record))
+        for program in reacting:
+            made = program.on_record(state, record, catalog=catalog)
+            if made:
+                decisions.extend(made)
+        for program in (*reacting, *again) if again else reacting:
+            at = program.next_due(state)
+            if at is not None and (due is None or at < due):
+                due = at
+        return (self.finish(state, decisions) if decisions else decisions), due
 
     def tick(self, state: MemberState, now_ms: int, *, catalog: CatalogLookup) -> list[Decision]:
         """Fire everything due at or before ``now_ms``. Decisions are made at ``now_ms`` (``at_ms``; caps
         count in its period) and keep their ``due_ms``; the backtest ticks exactly at due times."""
-        decisions = self._fire(state, now_ms, catalog, None)
-        return self.finish(state, decisions) if decisions else decisions
+        return self.tick_due(state, now_ms, catalog=catalog)[0]
 
     def tick_due(self, state: MemberState, now_ms: int, *,
                  catalog: CatalogLookup) -> tuple[list[Decision], int | None]:
         """``tick``, and then ``next_due``: only the programs that fired are asked again."""
-        dues: list[int | None] = []
-        decisions = self._fire(state, now_ms, catalog, dues)
-        due = self._next_due_after(state, dues, None)
+        decisions, due, again = self._fire(state, now_ms, catalog, self._none)
+        for program in again:
+            at = program.next_due(state)
+            if at is not None and (due is None or at < due):
+                due = at
         return (self.finish(state, decisions) if decisions else decisions), due
 
     def finish(self, state: MemberState, decisions: list[Decision]) -> list[Decision]:
@@ -141,71 +168,31 @@ class Engine:
         return pricewatch.on_trigger(state, trigger, cast(PriceRule, rule))
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _handle(self, state: MemberState, record: MemberRecord, catalog: CatalogLookup,
-                dues: list[int | None] | None) -> list[Decision]:
-        """``handle``; with ``dues`` (empty), the state's next due afterwards is left in ``dues[0]``."""
-        if record.member_id != state.member_id:
-            raise ValueError(f"record of member {record.member_id!r} handed to state of {state.member_id!r}")
-        decisions = self._fire(state, record.ts, catalog, dues)  # made at ts: the record is "now"
-        record_type = type(record)
-        beacon_type: str | None = None
-        if record_type is Beacon:
-            beacon_type = cast(Beacon, record).type
-            apply_beacon(state, cast(Beacon, record))
-        elif record_type is MemberUpdate:
-            apply_member(state, cast(MemberUpdate, record))
-        elif record_type is OrderUpdate:
-            # orders are no beacons: neither access nor reset
-            apply_order(state, cast(OrderUpdate, record), self._cancelled)
-        else:
-            apply_engagement(state, cast(Any, record))
-        found = self._reacting.get((record_type, beacon_type))
-        if found is None:
-            found = self._reacting[record_type, beacon_type] = _reacting(self.programs, record_type, beacon_type)
-        reacting, mask = found
-        for program in reacting:
-            made = program.on_record(state, record, catalog=catalog)
-            if made:
-                decisions.extend(made)
-        if dues is not None:
-            dues[:] = [self._next_due_after(state, dues, mask)]
-        return self.finish(state, decisions) if decisions else decisions
-
     def _fire(self, state: MemberState, now_ms: int, catalog: CatalogLookup,
-              dues: list[int | None] | None) -> list[Decision]:
-        """Fire every program's due at or before ``now_ms``. With ``dues`` (empty): each program's due as it
-        stands after this (``_ASK``: it fired, ask it again) is appended, in program order."""
+              asked: tuple[bool, ...]) -> tuple[list[Decision], int | None, list[Program]]:
+        """Fire every program's due at or before ``now_ms``. Also returns the earliest due, after this, of the
+        programs that did not fire and that ``asked`` leaves out (the caller asks those it marks again), and the
+        programs that fired and are not marked (to be asked again as well)."""
         decisions: list[Decision] = []
         fired_programs = 0
-        for program in self.programs:
+        kept: int | None = None
+        again: list[Program] = []
+        for program, ask in zip(self.programs, asked, strict=True):
             due = program.next_due(state)
-            if due is not None and due <= now_ms:
+            if due is None:
+                continue
+            if due <= now_ms:
                 fired = program.fire_due(state, now_ms, catalog=catalog)
                 if fired:
                     decisions.extend(fired)
                     fired_programs += 1
-                due = _ASK
-            if dues is not None:
-                dues.append(due)
+                if not ask:
+                    again.append(program)
+            elif not ask and (kept is None or due < kept):
+                kept = due
         if fired_programs > 1:
             decisions.sort(key=lambda decision: decision.due_ms)
-        return decisions
-
-    def _next_due_after(self, state: MemberState, dues: list[int | None], ask: tuple[bool, ...] | None) -> int | None:
-        """The earliest of ``dues`` (from ``_fire``), asking again the programs that fired and those ``ask``
-        marks (the ones a record was handed to)."""
-        best: int | None = None
-        for index, program in enumerate(self.programs):
-            due = dues[index]
-            if due == _ASK or (ask is not None and ask[index]):
-                due = program.next_due(state)
-            if due is not None and (best is None or due < best):
-                best = due
-        return best
-
-
-_ASK = -(2**63)
-"""In ``Engine._fire``'s list of dues: the program fired, its due must be asked again (no real due is this)."""
+        return decisions, kept, again
 
 
 def _reacting(programs: tuple[Program, ...], record_type: type,
