@@ -48,9 +48,9 @@ LIFE_STATUSES = ("started", "ended", "converted")
 RUN_ON_DAYS = 400
 """SPEC §13: after the last record the clock runs on until nothing is pending or for at most 400 days."""
 PROGRESS_EVERY = 20_000
+"""Records between progress updates (on a terminal: one redrawn line; otherwise: one line per 20 updates)."""
 GC_THRESHOLDS = (50_000, 20, 20)
 """The garbage collector's thresholds during a backtest (the worker's)."""
-"""Records between progress updates (on a terminal: one redrawn line; otherwise: one line per 20 updates)."""
 
 
 class Replay:
