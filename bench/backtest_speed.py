@@ -174,6 +174,7 @@ def main() -> int:
         profiler = cProfile.Profile() if args.profile else None
         summary = io.StringIO()
         started = time.perf_counter()
+        started_cpu = time.process_time()
         with redirect_stderr(summary):
             if profiler is not None:
                 profiler.enable()
@@ -190,12 +191,14 @@ def main() -> int:
             if profiler is not None:
                 profiler.disable()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - started_cpu
         records = sum(sum(1 for _ in path.open("rb")) for path in (beacons, members, orders, engagement)
                       if path is not None)
         decisions = sum(1 for _ in (directory / "decisions.jsonl").open("rb"))
         print(summary.getvalue(), end="")
         print(
             f"{records} records, {decisions} decisions in {elapsed:.1f}s: {records / elapsed:,.0f} records/s"
+            f" (CPU {cpu:.1f}s: {records / cpu:,.0f} records/s of CPU)"
         )
         if profiler is not None:
             pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(20)

@@ -74,6 +74,9 @@ class DateProgram:
         done = state.cust.turns.get(rule.id)
         return rule.next_due(found[0], found[1], done, self.shop.timezone)
 
+    def reacts_to(self, record_type: type, beacon_type: str | None) -> bool:
+        return record_type is MemberUpdate
+
     def on_record(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
         if type(record) is not MemberUpdate:
             return []
@@ -122,6 +125,10 @@ class InactiveProgram:
         data = state.cust
         return None if data is None else data.agg.facts()[2]
 
+    def reacts_to(self, record_type: type, beacon_type: str | None) -> bool:
+        return record_type is OrderUpdate or record_type is MemberUpdate or (
+            record_type is Beacon and (self._by_access or beacon_type == "purchase"))  # as on_record's check
+
     def on_record(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
         kind = type(record)
         if kind is not OrderUpdate and kind is not MemberUpdate and not (kind is Beacon and (
@@ -153,12 +160,18 @@ class InactiveProgram:
         return rule.due(turn[0], turn[1], self.shop.timezone)
 
     def next_due(self, state: MemberState) -> int | None:
-        if state.cust is None or not state.cust.turns:
+        data = state.cust
+        if data is None or not data.turns:
             return None
+        turns = data.turns
+        tz = self.shop.timezone
         best: int | None = None
-        for rule in self.rules:
-            due = self._due(state, rule)
-            if due is not None and (best is None or due < best):
+        for rule in self.rules:  # ``_due`` inlined: this runs after every record of a member with a turn
+            turn = turns.get(rule.id)
+            if turn is None or turn[2]:
+                continue
+            due = rule.due(turn[0], turn[1], tz)
+            if best is None or due < best:
                 best = due
         return best
 

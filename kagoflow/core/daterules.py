@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -120,8 +121,10 @@ def _describe(rule: CustomerRule, head: str) -> str:
     return line if rule.enabled else line + " (disabled)"
 
 
+@lru_cache(maxsize=65_536)
 def first_at_or_after(ms: int, hhmm: tuple[int, int], tz: ZoneInfo) -> int:
-    """The first shop-local ``hh:mm`` at or after ``ms``."""
+    """The first shop-local ``hh:mm`` at or after ``ms`` (cached: the inactive program's ``next_due`` asks for
+    the same member's due after each of its records)."""
     day = local_date(ms, tz)
     candidate = at_local_time(day, hhmm, tz)
     return candidate if candidate >= ms else at_local_time(day + timedelta(days=1), hhmm, tz)

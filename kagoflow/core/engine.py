@@ -52,6 +52,13 @@ def default_programs(rules: RuleSet) -> list[Program]:
     return programs
 
 
+def _reacts(program: Program, record_type: type, beacon_type: str | None) -> bool:
+    """Whether ``program.on_record`` may do anything for records of this class (and beacon type): a program
+    may say so by a ``reacts_to(record_type, beacon_type)`` method (``Program``); without one it always may."""
+    reacts_to = getattr(program, "reacts_to", None)
+    return True if reacts_to is None else bool(reacts_to(record_type, beacon_type))
+
+
 class Engine:
     """Applies records to a ``MemberState`` and fires what its programs have due, per SPEC §11–§13."""
 
@@ -63,15 +70,32 @@ class Engine:
         self.programs: tuple[Program, ...] = tuple(default_programs(rules) if programs is None else programs)
         self._measured = measure.measured_rules(rule for rule in rules.by_id.values() if rule.enabled)
         self._cancelled = rules.shop.segments.cancelled_statuses
+        self._reacting: dict[tuple[type, str | None], tuple[tuple[Program, ...], tuple[bool, ...]]] = {}
+        """(record class, beacon type) → the programs whose ``on_record`` may react to such a record (and the
+        same as a mask over ``programs``)."""
+        self._none = (False,) * len(self.programs)
 
     # -- public API --------------------------------------------------------------------------------------
     def handle(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
         """Fire what is due at or before ``record.ts`` (a due equal to ``ts`` fires first), apply the record,
         then let every program react at ``record.ts`` (e.g. fire what the record moved into the past)."""
+        return self.handle_due(state, record, catalog=catalog)[0]
+
+    def handle_due(self, state: MemberState, record: MemberRecord, *,
+                   catalog: CatalogLookup) -> tuple[list[Decision], int | None]:
+        """``handle``, and then ``next_due`` of the state, in one pass: a program the record cannot concern
+        (``Program.reacts_to``) and that had nothing to fire keeps the due it had before the record, so only
+        the others are asked again (the worker and the backtest schedule every member after each record)."""
         if record.member_id != state.member_id:
             raise ValueError(f"record of member {record.member_id!r} handed to state of {state.member_id!r}")
-        decisions = self._fire(state, record.ts, catalog=catalog)  # made at ts: the record is "now"
         record_type = type(record)
+        beacon_type = cast(Beacon, record).type if record_type is Beacon else None
+        found = self._reacting.get((record_type, beacon_type))
+        if found is None:
+            found = self._reacting[record_type, beacon_type] = _reacting(self.programs, record_type, beacon_type)
+        reacting, mask = found
+        # made at ts: the record is "now"
+        decisions, due, again = self._fire(state, record.ts, catalog, mask)
         if record_type is Beacon:
             apply_beacon(state, cast(Beacon, record))
         elif record_type is MemberUpdate:
@@ -81,17 +105,30 @@ class Engine:
             apply_order(state, cast(OrderUpdate, record), self._cancelled)
         else:
             apply_engagement(state, cast(Any, record))
-        for program in self.programs:
+        for program in reacting:
             made = program.on_record(state, record, catalog=catalog)
             if made:
                 decisions.extend(made)
-        return self.finish(state, decisions) if decisions else decisions
+        for program in (*reacting, *again) if again else reacting:
+            at = program.next_due(state)
+            if at is not None and (due is None or at < due):
+                due = at
+        return (self.finish(state, decisions) if decisions else decisions), due
 
     def tick(self, state: MemberState, now_ms: int, *, catalog: CatalogLookup) -> list[Decision]:
         """Fire everything due at or before ``now_ms``. Decisions are made at ``now_ms`` (``at_ms``; caps
         count in its period) and keep their ``due_ms``; the backtest ticks exactly at due times."""
-        decisions = self._fire(state, now_ms, catalog=catalog)
-        return self.finish(state, decisions) if decisions else decisions
+        return self.tick_due(state, now_ms, catalog=catalog)[0]
+
+    def tick_due(self, state: MemberState, now_ms: int, *,
+                 catalog: CatalogLookup) -> tuple[list[Decision], int | None]:
+        """``tick``, and then ``next_due``: only the programs that fired are asked again."""
+        decisions, due, again = self._fire(state, now_ms, catalog, self._none)
+        for program in again:
+            at = program.next_due(state)
+            if at is not None and (due is None or at < due):
+                due = at
+        return (self.finish(state, decisions) if decisions else decisions), due
 
     def finish(self, state: MemberState, decisions: list[Decision]) -> list[Decision]:
         """Price/stock filters, A/B template and holdout (``kagoflow.core.measure``) of a member's decisions;
@@ -131,16 +168,35 @@ class Engine:
         return pricewatch.on_trigger(state, trigger, cast(PriceRule, rule))
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _fire(self, state: MemberState, now_ms: int, *, catalog: CatalogLookup) -> list[Decision]:
+    def _fire(self, state: MemberState, now_ms: int, catalog: CatalogLookup,
+              asked: tuple[bool, ...]) -> tuple[list[Decision], int | None, list[Program]]:
+        """Fire every program's due at or before ``now_ms``. Also returns the earliest due, after this, of the
+        programs that did not fire and that ``asked`` leaves out (the caller asks those it marks again), and the
+        programs that fired and are not marked (to be asked again as well)."""
         decisions: list[Decision] = []
         fired_programs = 0
-        for program in self.programs:
+        kept: int | None = None
+        again: list[Program] = []
+        for program, ask in zip(self.programs, asked, strict=True):
             due = program.next_due(state)
-            if due is not None and due <= now_ms:
+            if due is None:
+                continue
+            if due <= now_ms:
                 fired = program.fire_due(state, now_ms, catalog=catalog)
                 if fired:
                     decisions.extend(fired)
                     fired_programs += 1
+                if not ask:
+                    again.append(program)
+            elif not ask and (kept is None or due < kept):
+                kept = due
         if fired_programs > 1:
             decisions.sort(key=lambda decision: decision.due_ms)
-        return decisions
+        return decisions, kept, again
+
+
+def _reacting(programs: tuple[Program, ...], record_type: type,
+              beacon_type: str | None) -> tuple[tuple[Program, ...], tuple[bool, ...]]:
+    """The programs a record of this class (and beacon type) is handed to, and the same as a mask."""
+    mask = tuple(_reacts(program, record_type, beacon_type) for program in programs)
+    return tuple(program for program, reacts in zip(programs, mask, strict=True) if reacts), mask

@@ -19,6 +19,10 @@ values they are handed, so the worker and the backtest drive them identically.
 Contract (stable; other programs plug in the same way):
 - ``on_record`` is called after the record was applied to the behaviour state, with ``record.member_id ==
   state.member_id``. Return decisions made at ``record.ts`` (possibly none).
+- Optional: ``reacts_to(record_type, beacon_type)`` (the record's class, and the beacon's ``type`` for a
+  ``Beacon``, else None) returns False for records on which ``on_record`` would do nothing at all (no state
+  change, no decision), whatever the state; the engine then skips the call (it asks once per class and
+  beacon type). A program without the method gets every record.
 - ``next_due`` returns the earliest time at which ``fire_due`` would decide something, or None. It must be
   cheap when the program has nothing pending for the member (it runs after every record).
 - ``fire_due(state, now_ms, ...)`` decides everything due at or before ``now_ms``, at ``now_ms``

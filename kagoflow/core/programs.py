@@ -35,6 +35,9 @@ class AbandonmentProgram:
             for action, trigger in abandonment.ACTION_TRIGGER.items()
         }
 
+    def reacts_to(self, record_type: type, beacon_type: str | None) -> bool:
+        return record_type is Beacon  # no anchor depends on profiles, orders or engagement
+
     def on_record(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
         if type(record) is not Beacon:
             return []  # no anchor depends on profiles, orders or engagement
@@ -73,6 +76,9 @@ class PriceWatchProgram:
 
     def __init__(self, rules: Mapping[str, PriceRule]) -> None:
         self.rules = rules
+
+    def reacts_to(self, record_type: type, beacon_type: str | None) -> bool:
+        return False
 
     def on_record(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
         return []

@@ -99,6 +99,9 @@ class ScenarioProgram:
         by another process, whose string hashes differ) is recomputed."""
 
     # -- Program ----------------------------------------------------------------------------------------
+    def reacts_to(self, record_type: type, beacon_type: str | None) -> bool:
+        return record_type is not Beacon or beacon_type == "purchase"  # as the checks of on_record
+
     def on_record(self, state: MemberState, record: MemberRecord, *, catalog: CatalogLookup) -> list[Decision]:
         record_type = type(record)
         if record_type is OrderUpdate:

@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterator
 WATCH_STATE_ORDER: tuple[str, ...] = ("cart", "favorite", "view")
 
 _Entry = str | set[str]
+_intern = sys.intern
 
 
 class WatchIndex:
@@ -50,11 +51,16 @@ class WatchIndex:
             if entry is not None and (entry == member_id if type(entry) is str else member_id in entry):
                 return  # unchanged (the common case: another view of a viewed product); a member is
                 # indexed under one state per product, so no other state can hold it
-        member_id = sys.intern(member_id)
+        member_id = _intern(member_id)
         for name, products in by_state.items():
-            if name != state and product_id in products and self._discard(products, product_id, member_id):
+            if name == state:
+                continue
+            entry = products.get(product_id)  # ``_discard``'s no-op cases inline: other members' entries
+            if entry is None or (entry != member_id if type(entry) is str else member_id not in entry):
+                continue
+            if self._discard(products, product_id, member_id):
                 self._pairs -= 1
-        if state is not None and self._add(by_state[state], sys.intern(product_id), member_id):
+        if state is not None and self._add(by_state[state], _intern(product_id), member_id):
             self._pairs += 1
 
     def state_of(self, member_id: str, product_id: str) -> str | None:

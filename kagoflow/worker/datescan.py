@@ -18,6 +18,7 @@ from kagoflow.core.customerprograms import DateProgram
 from kagoflow.core.dateindex import DateIndex
 from kagoflow.core.engine import Engine
 from kagoflow.core.segments import local_day
+from kagoflow.core.shoptime import QUARTER_MS
 
 HORIZON_MS = 2 * 86_400_000
 """Dues up to two days ahead go into the heap; the daily scan covers today and tomorrow."""
@@ -34,10 +35,12 @@ class DateScan:
             f: sorted({r.days_before for p in self.programs for r in p.rules if r.date == f}) for f in self.fields}
         self.indexes: dict[int, dict[str, DateIndex]] = {}
         self.scanned: dict[int, date] = {}
-
-    @property
-    def active(self) -> bool:
-        return bool(self.programs)
+        self.active = bool(self.programs)
+        """Whether any date rule is enabled (the programs are fixed for the engine's life)."""
+        self.checked_quarter: dict[int, int] = {}
+        """Per partition, the UTC quarter hour of the last ``due_members`` check: every UTC offset is a
+        multiple of 15 minutes, so the shop-local date cannot change within one (``shoptime.local_date``);
+        the worker reads it to skip the call on most events."""
 
     def set_now(self, now_ms: int) -> None:
         """The engine reports date dues up to ``now_ms`` + the horizon."""
@@ -60,6 +63,10 @@ class DateScan:
 
     def due_members(self, partition: int, now_ms: int) -> list[str]:
         """Once per shop-local day and partition: the members a date rule concerns today or tomorrow."""
+        quarter = now_ms // QUARTER_MS
+        if self.checked_quarter.get(partition) == quarter and partition in self.scanned:
+            return []  # checked within this quarter hour: the same day, already scanned
+        self.checked_quarter[partition] = quarter
         today = local_day(now_ms, self.tz)
         if self.scanned.get(partition) == today:
             return []
@@ -85,8 +92,10 @@ class DateScan:
         for partition in partitions:
             self.indexes.pop(partition, None)
             self.scanned.pop(partition, None)
+            self.checked_quarter.pop(partition, None)
 
     def reset(self, partition: int) -> None:
         """A partition (re)assigned: its index is rebuilt from the scan of its states."""
         self.indexes.pop(partition, None)
         self.scanned.pop(partition, None)
+        self.checked_quarter.pop(partition, None)

@@ -33,6 +33,7 @@ from kagoflow.core.events import Beacon, Engagement, MemberRecord, MemberUpdate,
 from kagoflow.core.rules import RuleSet
 from kagoflow.core.scenario import order_snapshot
 from kagoflow.core.sending import finish_decisions
+from kagoflow.core.shoptime import QUARTER_MS
 from kagoflow.core.suppression import AddressBook, address_reason
 from kagoflow.core.watchindex import WatchIndex
 from kagoflow.settings import Settings
@@ -267,8 +268,10 @@ class MemberProcessor:
             log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
             await self._dead_letter(book, topic, partition, offset, key, value,
                                     f"internal: {type(exc).__name__}: {exc}")
-        if self.dates.active:  # once per shop-local day: the partition's members with a date due soon
-            self.dates.schedule_due(partition, now, self.cache.get, book.schedule, self.engine.next_due)
+        # once per shop-local day: the partition's members with a date due soon (looked at once a quarter hour)
+        dates = self.dates
+        if dates.active and dates.checked_quarter.get(partition) != now // QUARTER_MS:
+            dates.schedule_due(partition, now, self.cache.get, book.schedule, self.engine.next_due)
         if self._to_list:  # an unsubscribe / bounce reached a member's state: list its address, but first decide
             listed_at, self._listed_at = self._listed_at, None  # what was due at or before the record (§11)
             if listed_at is not None and book.due and book.due[0][0] <= min(listed_at, now):
@@ -281,7 +284,8 @@ class MemberProcessor:
             decisions += self._fire_due(partition, now)
         if decisions:
             await self._emit(book, decisions)
-        if book.flushing is not None or book.flush_due(now, self.flush_interval_ms):
+        interval = self.flush_interval_ms  # the interval test first: no method call on most events
+        if book.flushing is not None or (now - book.last_flush_ms >= interval and book.flush_due(now, interval)):
             await self._flush_step(book, now, budget_s=budget)
 
     # -- record kinds ------------------------------------------------------------------------------
@@ -345,8 +349,8 @@ class MemberProcessor:
             self.metrics.duplicates += 1
             return []
         state.touched = ()
-        decisions = self.engine.handle(state, record, catalog=self.catalog)
-        self._after_change(partition, state, state.touched)
+        decisions, due = self.engine.handle_due(state, record, catalog=self.catalog)
+        self._after_change(partition, state, state.touched, due)
         record_type = type(record)
         if (record_type is Engagement or record_type is MemberUpdate) and self.addresses is not None:
             reason = address_reason(state)
@@ -387,12 +391,15 @@ class MemberProcessor:
         if chunk:
             await self._emit(book, chunk)
 
-    def _after_change(self, partition: int, state: MemberState, touched: Iterable[str]) -> None:
+    def _after_change(self, partition: int, state: MemberState, touched: Iterable[str],
+                      due: int | bool | None = False) -> None:
+        """Mark the changed state for the next flush and schedule its next due (``due``: as the engine
+        returned it with the change; False = ask the engine)."""
         state.partition = partition
         book = self.books[partition]
         book.dirty.add(state.member_id)
         self.cache.pin(state.member_id)
-        book.schedule(self.engine.next_due(state), state.member_id)
+        book.schedule(self.engine.next_due(state) if due is False else due, state.member_id)
         if self.dates.active:
             self.dates.index(partition, state)
         if touched and self.engine.price_rules:  # the index only serves price and stock mails
@@ -411,11 +418,11 @@ class MemberProcessor:
             if due is None or due > now:
                 book.schedule(due, member_id)
                 continue
-            fired = self.engine.tick(state, now, catalog=self.catalog)
+            fired, due = self.engine.tick_due(state, now, catalog=self.catalog)
             for decision in fired:
                 self.metrics.fire_lag_ms.append(decision.at_ms - decision.due_ms)
             decisions += fired
-            self._after_change(partition, state, ())
+            self._after_change(partition, state, (), due)
         return decisions
 
     # -- effects -----------------------------------------------------------------------------------

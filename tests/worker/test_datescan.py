@@ -47,3 +47,28 @@ def test_far_dues_wait_for_the_daily_scan_which_schedules_only_the_days_members(
 def test_no_date_rules_no_work() -> None:
     scan = DateScan(Engine(RuleSet()))
     assert not scan.active
+
+
+def test_the_scan_runs_at_the_first_event_of_each_local_day_and_not_again_that_day() -> None:
+    """Events every 7 minutes over three days (shop zone Asia/Tokyo): each local day is scanned exactly once,
+    at its first event, however the events fall across UTC quarter hours."""
+    engine = Engine(RuleSet(customer=[RULE], by_id={RULE.id: RULE}))
+    scan = DateScan(engine)
+    # birthday on 12 March: due 11 March 11:00, found by the scans of 10 March (tomorrow) and 11 March (today)
+    state = member("m", "1990-03-12")
+    scan.index(0, state)
+    days: list[int] = []
+    found_on: dict[int, list[str]] = {}
+    now = jst("2026-03-09 23:30")
+    while now < jst("2026-03-12 01:00"):
+        before = scan.scanned.get(0)
+        found = scan.due_members(0, now)
+        day = scan.scanned[0]
+        if day != before:
+            days.append(day.day)
+            found_on[day.day] = found
+        else:
+            assert found == []
+        now += 7 * 60_000
+    assert days == [9, 10, 11, 12]
+    assert found_on == {9: [], 10: ["m"], 11: ["m"], 12: []}
