@@ -135,7 +135,9 @@ class EngineServer:
         self.epoch = 0
         self.acks: dict[int, int] = {}
         self.skip_before: dict[int, int] = {}
-        """Partition → sequence number of the first event sent after its latest revocation."""
+        """Partition → sequence number of the first event sent after its latest revocation ..."""
+        self.revoked_at: dict[int, int] = {}
+        """... and the link epoch of that revocation."""
         self.current: int | None = None
         """Partition of the record being handled."""
         self.deferred: set[int] = set()
@@ -165,7 +167,10 @@ class EngineServer:
             self.table.values.update(frames.decode_items(payload)[0])
         elif kind == frames.ASSIGN:
             self.epoch += 1
-            self.processor.assign(frames.decode_partitions(payload))
+            link_epoch, partitions = frames.decode_assign(payload)
+            stale = {p for p in partitions if link_epoch < self.revoked_at.get(p, -1)}  # revoked since
+            self.table.drop_partitions(stale)  # the buckets sent with it
+            self.processor.assign(partitions - stale)
         elif kind == frames.REVOKE:
             self._revoke(*frames.decode_revoke(payload))
         elif kind == frames.QUERY_T:
@@ -173,10 +178,11 @@ class EngineServer:
         else:
             raise ValueError(f"unknown frame type {kind!r}")
 
-    def _revoke(self, before_seq: int, partitions: set[int]) -> None:
+    def _revoke(self, before_seq: int, link_epoch: int, partitions: set[int]) -> None:
         self.epoch += 1
         for partition in partitions:
             self.skip_before[partition] = before_seq
+            self.revoked_at[partition] = link_epoch
         if self.current in partitions:
             self.deferred.add(self.current)
             self.table.close({self.current})

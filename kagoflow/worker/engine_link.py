@@ -200,7 +200,7 @@ class EngineLink:
         for partition in partitions:
             self._assign_epoch[partition] = self._epoch
             self._owned.add(partition)
-        await self._write(frames.frame(frames.ASSIGN, frames.encode_partitions(partitions)))
+        await self._write(frames.frame(frames.ASSIGN, frames.encode_assign(self._epoch, partitions)))
         log.info("sent %d stored buckets of partitions %s to the member engine", count, sorted(partitions))
 
     async def revoke(self, partitions: set[int]) -> None:
@@ -216,7 +216,7 @@ class EngineLink:
         # Every record sent so far is numbered below ``self._seq`` (queued, not drained: a busy engine
         # would make the revocation wait for it).
         await self.send_batch(drain=False)
-        await self._write(frames.frame(frames.REVOKE, frames.encode_revoke(self._seq, partitions)), control=True)
+        await self._write(frames.frame(frames.REVOKE, frames.encode_revoke(self._seq, self._epoch, partitions)), control=True)
         # Revocations and queries share the control pipe, which the engine reads beside the records: its answer
         # to a query sent after the revocation means it dropped the partitions' records not handled yet (the
         # next owner replays them) and forgot the partitions (or will right after the one record it is

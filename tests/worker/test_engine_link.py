@@ -305,3 +305,46 @@ def test_a_partition_revoked_while_its_own_flush_waits_is_forgotten_after_that_r
     assert owned_while_waiting == {2}, "the partition was dropped under the record being handled"
     assert acked == [] and table == {}, "a revoked partition's flush reached the worker"
     assert left == set(), "the partition was not forgotten after its record"
+
+
+def test_an_assignment_revoked_before_the_engine_reached_it_is_ignored() -> None:
+    """Assignments travel with the records, revocations beside them: while the engine waits on a flush, a
+    partition can be assigned and revoked again before it reads the assignment. It must not take the
+    partition (nor keep its buckets) when it gets there."""
+    async def scenario() -> tuple[bool, set[int], set[int]]:
+        clock = [T0]
+        link, server, task = await _pair(clock)
+        outbox = HeldOutbox()
+        server.processor.outbox = outbox
+        table, acked = WorkerTable(), list[tuple[str, int]]()
+        link.assign({2})
+        await link.dump(table)
+        link.submit(Event(table, acked, "null2"), NAMES.beacons, 2, 0, T0, None, b"m2")
+        await _settle(link, 2, table)
+        clock[0] += 2_000
+        link.submit(Event(table, acked, "tick2"), NAMES.ticks, 2, 0, clock[0], b"{}", None)
+        await link.send_batch()
+        await asyncio.sleep(0.2)  # the engine waits on partition 2's flush
+        stored = MemberState("m1")
+        table[buckets.bucket_key(1, buckets.bucket_of("m1", 8))] = buckets.encode({"m1": stored.to_bytes()},
+                                                                                    buckets=8)
+        link.assign({1})
+        await link.dump(table)
+        link.submit(Event(table, acked, "b1"), NAMES.beacons, 1, 0, T0, beacon(1, "m1"), b"m1")
+        revoked = True
+        try:
+            await asyncio.wait_for(link.revoke({1}), 10)
+        except TimeoutError:
+            revoked = False
+        outbox.release.set()
+        await _settle(link, 2, table)
+        link.submit(Event(table, acked, "tick2b"), NAMES.ticks, 2, 1, clock[0], b"{}", None)
+        await _settle(link, 2, table)
+        kept = {p for p, _ in (buckets.parse_key(k) or (-1, 0) for k in server.table.values)}
+        await link.stop()
+        task.cancel()
+        return revoked, set(server.processor.books), kept
+
+    revoked, owned, kept = asyncio.run(scenario())
+    assert revoked
+    assert owned == {2} and 1 not in kept, "the engine took a partition revoked before it read the assignment"
