@@ -216,7 +216,8 @@ class EngineLink:
         # Every record sent so far is numbered below ``self._seq`` (queued, not drained: a busy engine
         # would make the revocation wait for it).
         await self.send_batch(drain=False)
-        await self._write(frames.frame(frames.REVOKE, frames.encode_revoke(self._seq, self._epoch, partitions)), control=True)
+        revocation = frames.encode_revoke(self._seq, self._epoch, partitions)
+        await self._write(frames.frame(frames.REVOKE, revocation), control=True)
         # Revocations and queries share the control pipe, which the engine reads beside the records: its answer
         # to a query sent after the revocation means it dropped the partitions' records not handled yet (the
         # next owner replays them) and forgot the partitions (or will right after the one record it is
