@@ -227,6 +227,35 @@ class HeldOutbox(Outbox):
         return asyncio.ensure_future(self.release.wait())
 
 
+Held = tuple[EngineLink, EngineServer, "asyncio.Task[None]", HeldOutbox, WorkerTable, list[tuple[str, int]]]
+
+
+async def _flush_waiting(clock: list[int], assigned: set[int]) -> Held:
+    """An engine owning ``assigned`` whose partition 2 flush waits for Kafka (a held dead letter)."""
+    link, server, task = await _pair(clock)
+    outbox = HeldOutbox()
+    server.processor.outbox = outbox
+    table, acked = WorkerTable(), list[tuple[str, int]]()
+    link.assign(assigned)
+    await link.dump(table)
+    link.submit(Event(table, acked, "null2"), NAMES.beacons, 2, 0, T0, None, b"m2")  # a dead letter: held
+    link.submit(Event(table, acked, "b2"), NAMES.beacons, 2, 1, T0, beacon(1, "m2"), b"m2")
+    await _settle(link, 2, table)
+    clock[0] += 2_000  # the next record of partition 2 flushes: it waits for the held dead letter
+    link.submit(Event(table, acked, "tick2"), NAMES.ticks, 2, 0, clock[0], b"{}", None)
+    await link.send_batch()
+    await asyncio.sleep(0.2)
+    return link, server, task, outbox, table, acked
+
+
+async def _revoked_within_10s(link: EngineLink, partitions: set[int]) -> bool:
+    try:
+        await asyncio.wait_for(link.revoke(partitions), 10)
+    except TimeoutError:
+        return False
+    return True
+
+
 def test_a_revocation_is_answered_while_a_flush_waits_for_kafka() -> None:
     """A flush waits until Kafka has the records its events produced (up to the decision gate's 20 s lease
     for a decision a dead worker claimed). The rebalance must not wait for that: records of the revoked
@@ -234,25 +263,10 @@ def test_a_revocation_is_answered_while_a_flush_waits_for_kafka() -> None:
     once, and the waiting flush of the partition it keeps completes afterwards."""
     async def scenario() -> tuple[bool, set[int], list[str], list[str], list[int]]:
         clock = [T0]
-        link, server, task = await _pair(clock)
-        outbox = HeldOutbox()
-        server.processor.outbox = outbox
-        table, acked = WorkerTable(), list[tuple[str, int]]()
-        link.assign({1, 2})
-        await link.dump(table)
-        link.submit(Event(table, acked, "null2"), NAMES.beacons, 2, 0, T0, None, b"m2")  # a dead letter: held
-        link.submit(Event(table, acked, "b2"), NAMES.beacons, 2, 1, T0, beacon(1, "m2"), b"m2")
-        await _settle(link, 2, table)
-        clock[0] += 2_000  # the next record of partition 2 flushes: it waits for the held dead letter
-        link.submit(Event(table, acked, "tick2"), NAMES.ticks, 2, 0, clock[0], b"{}", None)
+        link, server, task, outbox, table, acked = await _flush_waiting(clock, {1, 2})
         link.submit(Event(table, acked, "null1"), NAMES.beacons, 1, 0, T0, None, b"m1")  # queued behind it
         await link.send_batch()
-        await asyncio.sleep(0.2)
-        revoked = True
-        try:
-            await asyncio.wait_for(link.revoke({1}), 10)
-        except TimeoutError:
-            revoked = False
+        revoked = await _revoked_within_10s(link, {1})
         owned = set(server.processor.books)
         outbox.release.set()
         await _settle(link, 2, table)
@@ -274,24 +288,8 @@ def test_a_partition_revoked_while_its_own_flush_waits_is_forgotten_after_that_r
     reaches the worker, and the engine forgets the partition right after it."""
     async def scenario() -> tuple[bool, set[int], list[str], WorkerTable, set[int]]:
         clock = [T0]
-        link, server, task = await _pair(clock)
-        outbox = HeldOutbox()
-        server.processor.outbox = outbox
-        table, acked = WorkerTable(), list[tuple[str, int]]()
-        link.assign({2})
-        await link.dump(table)
-        link.submit(Event(table, acked, "null2"), NAMES.beacons, 2, 0, T0, None, b"m2")
-        link.submit(Event(table, acked, "b2"), NAMES.beacons, 2, 1, T0, beacon(1, "m2"), b"m2")
-        await _settle(link, 2, table)
-        clock[0] += 2_000
-        link.submit(Event(table, acked, "tick2"), NAMES.ticks, 2, 0, clock[0], b"{}", None)
-        await link.send_batch()
-        await asyncio.sleep(0.2)
-        revoked = True
-        try:
-            await asyncio.wait_for(link.revoke({2}), 10)
-        except TimeoutError:
-            revoked = False
+        link, server, task, outbox, table, acked = await _flush_waiting(clock, {2})
+        revoked = await _revoked_within_10s(link, {2})
         owned_while_waiting = set(server.processor.books)
         outbox.release.set()
         await _settle(link, 2, table)
@@ -313,29 +311,13 @@ def test_an_assignment_revoked_before_the_engine_reached_it_is_ignored() -> None
     partition (nor keep its buckets) when it gets there."""
     async def scenario() -> tuple[bool, set[int], set[int]]:
         clock = [T0]
-        link, server, task = await _pair(clock)
-        outbox = HeldOutbox()
-        server.processor.outbox = outbox
-        table, acked = WorkerTable(), list[tuple[str, int]]()
-        link.assign({2})
-        await link.dump(table)
-        link.submit(Event(table, acked, "null2"), NAMES.beacons, 2, 0, T0, None, b"m2")
-        await _settle(link, 2, table)
-        clock[0] += 2_000
-        link.submit(Event(table, acked, "tick2"), NAMES.ticks, 2, 0, clock[0], b"{}", None)
-        await link.send_batch()
-        await asyncio.sleep(0.2)  # the engine waits on partition 2's flush
-        stored = MemberState("m1")
-        table[buckets.bucket_key(1, buckets.bucket_of("m1", 8))] = buckets.encode({"m1": stored.to_bytes()},
-                                                                                    buckets=8)
+        link, server, task, outbox, table, acked = await _flush_waiting(clock, {2})
+        table[buckets.bucket_key(1, buckets.bucket_of("m1", 8))] = buckets.encode(
+            {"m1": MemberState("m1").to_bytes()}, buckets=8)
         link.assign({1})
         await link.dump(table)
         link.submit(Event(table, acked, "b1"), NAMES.beacons, 1, 0, T0, beacon(1, "m1"), b"m1")
-        revoked = True
-        try:
-            await asyncio.wait_for(link.revoke({1}), 10)
-        except TimeoutError:
-            revoked = False
+        revoked = await _revoked_within_10s(link, {1})
         outbox.release.set()
         await _settle(link, 2, table)
         link.submit(Event(table, acked, "tick2b"), NAMES.ticks, 2, 1, clock[0], b"{}", None)
