@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -27,6 +28,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -36,6 +38,7 @@ from kagoflow.adapters.kafka_admin import TopicSpec, ensure_topics
 from kagoflow.settings import PROJECT_ROOT, Settings
 from kagoflow.streams.topics import Topics
 
+REVOKE_LOG = re.compile(r"confirmed the revocation of .* in ([0-9.]+) s")
 SESSION_TIMEOUT_S = 10.0
 """``broker_session_timeout`` of the worker (agents/app.py)."""
 
@@ -85,7 +88,7 @@ def start_worker(env: dict[str, str], name: str, port: int, tmp: Path) -> subpro
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-async def run_once(args: argparse.Namespace, standby: int) -> dict[str, float]:
+async def run_once(args: argparse.Namespace, standby: int) -> dict[str, Any]:
     base = Settings.from_env()
     tag = uuid.uuid4().hex[:6]
     topics = Topics(f"to{tag}-")
@@ -145,7 +148,14 @@ async def run_once(args: argparse.Namespace, standby: int) -> dict[str, float]:
         raise RuntimeError(f"no partition paused after the kill; logs in {tmp}")
     worst = max(moved.values())
     return {"moved": len(moved), "worst_s": worst, "median_s": statistics.median(moved.values()),
-            "after_session_s": worst - SESSION_TIMEOUT_S}
+            "after_session_s": worst - SESSION_TIMEOUT_S, "revoke_s": revoke_wait_s(tmp / "a.log"),
+            "logs": str(tmp)}
+
+
+def revoke_wait_s(log: Path) -> float:
+    """The survivor's longest wait for its engine's answer to a revocation (``engine_link`` logs each)."""
+    waits = [float(m.group(1)) for m in REVOKE_LOG.finditer(log.read_text(errors="replace"))]
+    return max(waits, default=float("nan"))
 
 
 def main() -> None:
@@ -157,14 +167,23 @@ def main() -> None:
     parser.add_argument("--steady", type=float, default=15.0, help="seconds of steady decisions before the kill")
     parser.add_argument("--after", type=float, default=60.0, help="seconds watched after the kill")
     parser.add_argument("--standby", default="0,1", help="standby replica counts to measure, e.g. 0,1")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per standby count (alternating counts)")
     parser.add_argument("--port", type=int, default=16191)
     args = parser.parse_args()
-    for standby in (int(s) for s in args.standby.split(",")):
-        result = asyncio.run(run_once(args, standby))
-        print(f"standby replicas {standby}: {result['moved']} partitions moved; kill → first decision on them: "
-              f"slowest {result['worst_s']:.1f} s, median {result['median_s']:.1f} s "
-              f"({result['after_session_s']:.1f} s after the {SESSION_TIMEOUT_S:.0f} s session timeout)",
-              flush=True)
+    counts = [int(s) for s in args.standby.split(",")]
+    slowest: dict[int, list[float]] = {standby: [] for standby in counts}
+    for run in range(1, args.repeat + 1):
+        for standby in counts:  # alternating, so a drift of the machine's load hits every count alike
+            result = asyncio.run(run_once(args, standby))
+            slowest[standby].append(result["worst_s"])
+            print(f"run {run}, standby replicas {standby}: {result['moved']:.0f} partitions moved; kill → first "
+                  f"decision on them: slowest {result['worst_s']:.1f} s, median {result['median_s']:.1f} s "
+                  f"({result['after_session_s']:.1f} s after the {SESSION_TIMEOUT_S:.0f} s session timeout); "
+                  f"survivor's longest revocation answer {result['revoke_s']:.2f} s; logs {result['logs']}",
+                  flush=True)
+    for standby, values in slowest.items():
+        print(f"standby replicas {standby}: kill → first decision on every moved partition over {len(values)} "
+              f"runs: median {statistics.median(values):.1f} s, min {min(values):.1f} s, max {max(values):.1f} s")
 
 
 if __name__ == "__main__":

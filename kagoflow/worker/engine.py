@@ -12,7 +12,8 @@ design unchanged: ``MemberProcessor`` with its own Kafka producer
 stored buckets of the assigned partitions (sent by the worker on assignment) plus the writes not yet
 handed back. A record's ack comes after the writes of the flush that covers it, in the same frame.
 
-Run by the worker: ``python -m kagoflow.worker.engine --in-fd N --out-fd M`` (pipes it created).
+Run by the worker: ``python -m kagoflow.worker.engine --in-fd N --out-fd M --control-fd C`` (pipes it
+created: events in, results out, revocations and queries in).
 """
 
 from __future__ import annotations
@@ -70,11 +71,15 @@ class RecordingTable:
     def __init__(self) -> None:
         self.values: dict[bytes, bytes] = {}
         self.writes: dict[bytes, bytes] = {}
+        self.closed: set[int] = set()
+        """Partitions revoked while a record of theirs is being handled: what that record writes is dropped."""
 
     def get(self, key: bytes) -> bytes | None:
         return self.values.get(key)
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
+        if self.closed and _partition_of(key) in self.closed:
+            return
         self.values[key] = value
         self.writes[key] = value
 
@@ -85,10 +90,22 @@ class RecordingTable:
         writes, self.writes = list(self.writes.items()), {}
         return writes
 
+    def close(self, partitions: set[int]) -> None:
+        """Drop the partitions' writes not handed back yet, and refuse new ones (their values stay readable
+        until ``drop_partitions``)."""
+        self.closed |= partitions
+        for key in [k for k in self.writes if _partition_of(k) in partitions]:
+            del self.writes[key]
+
     def drop_partitions(self, partitions: set[int]) -> None:
         for table in (self.values, self.writes):
-            for key in [k for k in table if (buckets.parse_key(k) or (-1, 0))[0] in partitions]:
+            for key in [k for k in table if _partition_of(k) in partitions]:
                 del table[key]
+        self.closed -= partitions
+
+
+def _partition_of(key: bytes) -> int:
+    return (buckets.parse_key(key) or (-1, 0))[0]
 
 
 class _SeqAck:
@@ -106,7 +123,16 @@ class _SeqAck:
 
 
 class EngineServer:
-    """Reads frames from the worker, runs them through the processor, writes results back."""
+    """Reads frames from the worker, runs them through the processor, writes results back.
+
+    Records, stored buckets and assignments come in order on the events pipe; revocations and queries on the
+    control pipe, handled at once even while a record waits (a flush waits until Kafka has the records its
+    events produced — up to the decision gate's lease for a decision a dead worker claimed): Faust's
+    rebalance waits for the revocation's answer, and so would every worker of the group. A revocation drops
+    the partitions' events sent before it and not yet handled (their next owner replays them) and forgets
+    the partitions; if the record being handled is one of theirs, it finishes first — its decisions pass the
+    decision gate like the next owner's, its writes are dropped — and the partition is forgotten after it.
+    """
 
     def __init__(self, processor: MemberProcessor, table: RecordingTable, topics: list[str],
                  writer: asyncio.StreamWriter, *, archiver: Any = None) -> None:
@@ -118,9 +144,29 @@ class EngineServer:
         self.seq = 0
         self.epoch = 0
         self.acks: dict[int, int] = {}
+        self.skip_before: dict[int, int] = {}
+        """Partition → sequence number of the first event sent after its latest revocation ..."""
+        self.revoked_at: dict[int, int] = {}
+        """... and the link epoch of that revocation."""
+        self.current: int | None = None
+        """Partition of the record being handled."""
+        self.deferred: set[int] = set()
+        """Revoked partitions forgotten once the record being handled is done."""
 
-    async def run(self, reader: asyncio.StreamReader) -> None:
-        """Handle frames until the worker closes the stream."""
+    async def run(self, reader: asyncio.StreamReader, control: asyncio.StreamReader) -> None:
+        """Handle frames until the worker closes the streams."""
+        events = asyncio.ensure_future(self._read(reader))
+        controls = asyncio.ensure_future(self._read(control))
+        try:
+            done, _ = await asyncio.wait((events, controls), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a broken frame ends the engine (the worker exits and restarts it)
+            await events
+        finally:
+            events.cancel()
+            controls.cancel()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
         while (item := await frames.read_frame(reader)) is not None:
             await self.handle(*item)
 
@@ -131,25 +177,47 @@ class EngineServer:
             self.table.values.update(frames.decode_items(payload)[0])
         elif kind == frames.ASSIGN:
             self.epoch += 1
-            self.processor.assign(frames.decode_partitions(payload))
+            link_epoch, partitions = frames.decode_assign(payload)
+            stale = {p for p in partitions if link_epoch < self.revoked_at.get(p, -1)}  # revoked since
+            self.table.drop_partitions(stale)  # the buckets sent with it
+            self.processor.assign(partitions - stale)
         elif kind == frames.REVOKE:
-            self.epoch += 1
-            partitions = frames.decode_partitions(payload)
-            self.processor.revoke(partitions)
-            self.table.drop_partitions(partitions)
-            for partition in partitions:
-                self.acks.pop(partition, None)
+            self._revoke(*frames.decode_revoke(payload))
         elif kind == frames.QUERY_T:
             self._query(payload)
         else:
             raise ValueError(f"unknown frame type {kind!r}")
 
+    def _revoke(self, before_seq: int, link_epoch: int, partitions: set[int]) -> None:
+        self.epoch += 1
+        for partition in partitions:
+            self.skip_before[partition] = before_seq
+            self.revoked_at[partition] = link_epoch
+        if self.current in partitions:
+            self.deferred.add(self.current)
+            self.table.close({self.current})
+        self._forget(partitions - self.deferred)
+
+    def _forget(self, partitions: set[int]) -> None:
+        self.processor.revoke(partitions)
+        self.table.drop_partitions(partitions)
+        for partition in partitions:
+            self.acks.pop(partition, None)
+
     async def _events(self, payload: memoryview) -> None:
-        on_event, topics, acks = self.processor.on_event, self.topics, self.acks
+        on_event, topics, acks, skip = self.processor.on_event, self.topics, self.acks, self.skip_before
         for topic, partition, offset, timestamp_ms, key, value in frames.decode_events(payload):
+            if skip and self.seq < skip.get(partition, -1):  # revoked since it was sent: the next owner's
+                self.seq += 1
+                continue
+            self.current = partition
             await on_event(topic=topics[topic], partition=partition, key=key, value=value,
                            timestamp_ms=timestamp_ms, offset=offset, event=_SeqAck(acks, partition, self.seq))
+            self.current = None
             self.seq += 1
+            if self.deferred:
+                deferred, self.deferred = self.deferred, set()
+                self._forget(deferred)
         writes = self.table.take_writes()
         if writes or acks:
             self.writer.write(frames.frame(frames.RESULTS, frames.encode_results(self.epoch, writes, acks)))
@@ -168,10 +236,12 @@ class EngineServer:
         self.writer.write(frames.frame(frames.REPLY_T, frames.REPLY.pack(request_id) + reply))
 
 
-async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
+async def serve(settings: Settings, *, in_fd: int, out_fd: int, control_fd: int) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 26)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(in_fd, "rb", 0))
+    control = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(control), os.fdopen(control_fd, "rb", 0))
     transport, protocol = await loop.connect_write_pipe(
         lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(out_fd, "wb", 0))
     transport.set_write_buffer_limits(high=4 << 20)
@@ -208,7 +278,7 @@ async def serve(settings: Settings, *, in_fd: int, out_fd: int) -> None:
         await catalog.caught_up.wait()
         engine = EngineServer(processor, table, member_topics(names), writer, archiver=archiver)
         log.info("member engine ready (pid %d)", os.getpid())
-        await engine.run(reader)
+        await engine.run(reader, control)
         log.info("member engine: the worker closed the pipe after %d records; exiting", engine.seq)
     finally:
         # Its worker is gone: whatever the clean-up waits for (an archive flush to an unreachable ClickHouse,
@@ -230,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="member engine process (started by the worker)")
     parser.add_argument("--in-fd", type=int, required=True)
     parser.add_argument("--out-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
@@ -239,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     gc.set_threshold(50_000, 20, 20)  # as the worker: many small long-lived states
-    uvloop.run(serve(settings, in_fd=args.in_fd, out_fd=args.out_fd))
+    uvloop.run(serve(settings, in_fd=args.in_fd, out_fd=args.out_fd, control_fd=args.control_fd))
     return 0
 
 

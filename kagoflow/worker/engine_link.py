@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class EngineLink:
         self._stopping = False
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._control: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = self._ready
         """Partitions with results waiting for ``apply`` (``if p in link.ready``)."""
@@ -78,23 +80,32 @@ class EngineLink:
         loop = asyncio.get_running_loop()
         to_engine_r, to_engine_w = os.pipe()
         from_engine_r, from_engine_w = os.pipe()
+        control_r, control_w = os.pipe()
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kagoflow.worker.engine", "--in-fd", str(to_engine_r), "--out-fd",
-            str(from_engine_w), pass_fds=(to_engine_r, from_engine_w), env=self._env,
+            str(from_engine_w), "--control-fd", str(control_r), pass_fds=(to_engine_r, from_engine_w, control_r),
+            env=self._env,
         )
-        os.close(to_engine_r)
-        os.close(from_engine_w)
+        for fd in (to_engine_r, from_engine_w, control_r):
+            os.close(fd)
         reader = asyncio.StreamReader(limit=1 << 26)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_engine_r, "rb", 0))
-        transport, protocol = await loop.connect_write_pipe(
-            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(to_engine_w, "wb", 0))
-        transport.set_write_buffer_limits(high=4 << 20)
-        self.attach(reader, asyncio.StreamWriter(transport, protocol, None, loop))
+        writers = []
+        for fd in (to_engine_w, control_w):
+            transport, protocol = await loop.connect_write_pipe(
+                lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), os.fdopen(fd, "wb", 0))
+            transport.set_write_buffer_limits(high=4 << 20)
+            writers.append(asyncio.StreamWriter(transport, protocol, None, loop))
+        self.attach(reader, *writers)
         log.info("member engine process started (pid %d)", self._proc.pid)
 
-    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Talk to an engine over these streams (``start`` passes its pipes; tests an in-process engine)."""
+    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+               control: asyncio.StreamWriter) -> None:
+        """Talk to an engine over these streams (``start`` passes its pipes; tests an in-process engine):
+        records, buckets and assignments on ``writer``; revocations and queries on ``control``, which the
+        engine reads beside the records, so it answers while a record waits."""
         self._writer = writer
+        self._control = control
         self._tasks = [asyncio.ensure_future(self._read(reader)), asyncio.ensure_future(self._send_partial())]
         self.started.set()
 
@@ -103,8 +114,9 @@ class EngineLink:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        for writer in (self._writer, self._control):
+            if writer is not None:
+                writer.close()
         if self._proc is not None and self._proc.returncode is None:
             try:
                 await asyncio.wait_for(self._proc.wait(), timeout_s)
@@ -132,12 +144,16 @@ class EngineLink:
     def batched(self) -> int:
         return self._batched
 
-    async def send_batch(self) -> None:
+    async def send_batch(self, *, drain: bool = True) -> None:
         if not self._batched:
             return
         payload = b"".join(self._parts)
         self._parts, self._batched = [], 0
-        await self._write(frames.frame(frames.EVENTS, payload))
+        if drain:
+            await self._write(frames.frame(frames.EVENTS, payload))
+        else:
+            assert self._writer is not None, "member engine not started"
+            self._writer.write(frames.frame(frames.EVENTS, payload))
 
     def apply(self, partition: int, table: WritableTable) -> None:
         """Store the engine's bucket values of ``partition`` and ack the records they cover (call while a
@@ -184,7 +200,7 @@ class EngineLink:
         for partition in partitions:
             self._assign_epoch[partition] = self._epoch
             self._owned.add(partition)
-        await self._write(frames.frame(frames.ASSIGN, frames.encode_partitions(partitions)))
+        await self._write(frames.frame(frames.ASSIGN, frames.encode_assign(self._epoch, partitions)))
         log.info("sent %d stored buckets of partitions %s to the member engine", count, sorted(partitions))
 
     async def revoke(self, partitions: set[int]) -> None:
@@ -197,13 +213,22 @@ class EngineLink:
         if not self.started.is_set():
             return  # the engine starts empty
         self._epoch += 1
-        await self.send_batch()
-        await self._write(frames.frame(frames.REVOKE, frames.encode_partitions(partitions)))
-        # The engine handles frames in order: its answer to a query sent after the revocation means it has
-        # handled every record sent before it and dropped the partitions. The rebalance (this handler) only
-        # completes then, so the engine never decides for a partition its next owner already runs.
+        # Every record sent so far is numbered below ``self._seq`` (queued, not drained: a busy engine
+        # would make the revocation wait for it).
+        await self.send_batch(drain=False)
+        revocation = frames.encode_revoke(self._seq, self._epoch, partitions)
+        await self._write(frames.frame(frames.REVOKE, revocation), control=True)
+        # Revocations and queries share the control pipe, which the engine reads beside the records: its answer
+        # to a query sent after the revocation means it dropped the partitions' records not handled yet (the
+        # next owner replays them) and forgot the partitions (or will right after the one record it is
+        # handling, whose decisions pass the decision gate like the next owner's). The rebalance (this
+        # handler) only completes then, so the engine does not go on deciding beside the partitions' next
+        # owner; it answers at once even while a flush waits for Kafka.
+        started = time.monotonic()
         try:
             await self.query("s", b"", timeout_s=REVOKE_ACK_SECONDS)
+            log.info("the member engine confirmed the revocation of %s in %.2f s", sorted(partitions),
+                     time.monotonic() - started)
         except (TimeoutError, ConnectionError):
             log.warning("the member engine did not confirm the revocation of %s within %.0f s",
                         sorted(partitions), REVOKE_ACK_SECONDS)
@@ -217,16 +242,18 @@ class EngineLink:
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._replies[request_id] = reply
         try:
-            await self._write(frames.frame(frames.QUERY_T, frames.QUERY.pack(request_id, ord(what)) + argument))
+            await self._write(frames.frame(frames.QUERY_T, frames.QUERY.pack(request_id, ord(what)) + argument),
+                              control=True)
             return await asyncio.wait_for(reply, timeout_s)
         finally:
             self._replies.pop(request_id, None)
 
     # -- internals ---------------------------------------------------------------------------------
-    async def _write(self, data: bytes) -> None:
-        assert self._writer is not None, "member engine not started"
-        self._writer.write(data)
-        await self._writer.drain()
+    async def _write(self, data: bytes, *, control: bool = False) -> None:
+        writer = self._control if control else self._writer
+        assert writer is not None, "member engine not started"
+        writer.write(data)
+        await writer.drain()
 
     async def _send_partial(self) -> None:
         while True:

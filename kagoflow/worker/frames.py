@@ -6,7 +6,14 @@ Every frame is ``u32 length | u8 type | payload`` (length counts type + payload)
   u32 value length | key | value`` (length ``NULL`` = a null key / value, no bytes); the engine numbers events
   in arrival order from 0 (the worker's sequence numbers are the same).
 - ``K`` stored buckets: repeated ``u32 key length | key | u32 value length | value`` (sent before ``A``).
-- ``A`` assign / ``R`` revoke: ``u16 count | u16 partitions``.
+- ``A`` assign: ``u64 link epoch | u16 count | u16 partitions``.
+
+Worker → engine on the control pipe (read beside the events, so a busy engine answers at once):
+
+- ``R`` revoke: ``u64 sequence number | u64 link epoch | u16 count | u16 partitions``: events of those
+  partitions numbered below the sequence number (sent before the revocation) are dropped if not handled
+  yet, and so is an assignment of them with a lower link epoch (the link counts its assignments and
+  revocations) still on its way.
 - ``Q`` query: ``u32 request id | u8 what (s = member state, m = metrics) | argument bytes``.
 
 Engine → worker:
@@ -35,6 +42,7 @@ QUERY = struct.Struct(">IB")
 REPLY = struct.Struct(">I")
 RESULT_HEAD = struct.Struct(">II")
 ACK = struct.Struct(">HQ")
+SEQ = struct.Struct(">Q")
 
 EVENTS, BUCKETS, ASSIGN, REVOKE, QUERY_T, RESULTS, REPLY_T = (ord(c) for c in "EKARQWP")
 
@@ -105,6 +113,25 @@ def encode_partitions(partitions: Iterable[int]) -> bytes:
 def decode_partitions(payload: memoryview) -> set[int]:
     (count,) = PARTITIONS.unpack_from(payload, 0)
     return {PARTITIONS.unpack_from(payload, 2 + 2 * i)[0] for i in range(count)}
+
+
+def encode_assign(epoch: int, partitions: Iterable[int]) -> bytes:
+    return SEQ.pack(epoch) + encode_partitions(partitions)
+
+
+def decode_assign(payload: memoryview) -> tuple[int, set[int]]:
+    """(link epoch, partitions)."""
+    return SEQ.unpack_from(payload, 0)[0], decode_partitions(payload[SEQ.size:])
+
+
+def encode_revoke(before_seq: int, epoch: int, partitions: Iterable[int]) -> bytes:
+    return SEQ.pack(before_seq) + SEQ.pack(epoch) + encode_partitions(partitions)
+
+
+def decode_revoke(payload: memoryview) -> tuple[int, int, set[int]]:
+    """(sequence number of the first event sent after the revocation, link epoch, partitions)."""
+    return (SEQ.unpack_from(payload, 0)[0], SEQ.unpack_from(payload, SEQ.size)[0],
+            decode_partitions(payload[2 * SEQ.size:]))
 
 
 def encode_results(epoch: int, writes: Sequence[tuple[bytes, bytes]], acks: dict[int, int]) -> bytes:

@@ -25,6 +25,7 @@ from kagoflow.worker.engine_link import EngineLink
 from kagoflow.worker.processor import make_processor
 
 NAMES = Topics("")
+_KEEP: list[asyncio.StreamWriter] = []
 T0 = 1_790_000_000_000
 
 
@@ -68,12 +69,16 @@ async def _pair(clock: list[int]) -> tuple[EngineLink, EngineServer, asyncio.Tas
                                outbox=Outbox())
     processor.clock = lambda: clock[0]
     ours, theirs = socket.socketpair()
+    control_ours, control_theirs = socket.socketpair()
     link_reader, link_writer = await asyncio.open_connection(sock=ours)
     engine_reader, engine_writer = await asyncio.open_connection(sock=theirs)
+    _, control_writer = await asyncio.open_connection(sock=control_ours)
+    control_reader, unused_writer = await asyncio.open_connection(sock=control_theirs)
+    _KEEP.append(unused_writer)  # a StreamWriter closes its socket when collected
     server = EngineServer(processor, table, member_topics(NAMES), engine_writer)
-    task = asyncio.ensure_future(server.run(engine_reader))
+    task = asyncio.ensure_future(server.run(engine_reader, control_reader))
     link = EngineLink(topics=member_topics(NAMES))
-    link.attach(link_reader, link_writer)
+    link.attach(link_reader, link_writer, control_writer)
     return link, server, task
 
 
@@ -122,10 +127,12 @@ def test_results_made_before_a_reassignment_never_reach_the_table() -> None:
         for n in range(3):
             link.submit(Event(table, acked, f"old{n}"), NAMES.beacons, 1, n, T0 + n, beacon(n, "m2"), b"m2")
         await _settle(link, 1, table)
-        clock[0] += 2_000  # the tick flushes; the link takes no turn of the loop before the reassignment
+        clock[0] += 2_000  # the tick flushes; the link applies nothing before the reassignment
         link.submit(Event(table, acked, "tick"), NAMES.ticks, 1, 0, clock[0], b"{}", None)
         await link.send_batch()
-        await link.revoke({1})  # before the worker stored anything: the flush's results are stale now
+        while orjson.loads(await link.query("m"))["members"]["flushes"] < 1:  # the engine flushed ...
+            await asyncio.sleep(0.01)
+        await link.revoke({1})  # ... but the worker stored nothing yet: the flush's results are stale now
         link.assign({1})
         await link.dump(table)
         await _settle(link, 1, table)
@@ -171,11 +178,20 @@ def test_tombstones_and_wrong_keys_cross_the_link_and_are_parked_before_their_ac
 
 
 def test_a_revocation_returns_only_after_the_engine_dropped_the_partition() -> None:
-    """Faust completes the rebalance when ``revoke`` returns: by then the engine must have handled every record
-    of the partition sent before and forgotten the partition, so it never decides for it beside its next owner."""
-    async def scenario() -> tuple[int, set[int], int]:
+    """Faust completes the rebalance when ``revoke`` returns: by then the engine must have handled or dropped
+    every record of the partition sent before and forgotten the partition, so it never decides for it beside
+    its next owner (which replays the dropped records)."""
+    async def scenario() -> tuple[list[int], int, set[int], int]:
         clock = [T0]
         link, server, task = await _pair(clock)
+        handled: list[int] = []
+        on_event = server.processor.on_event
+
+        async def recording(**record: Any) -> None:
+            handled.append(record["partition"])
+            await on_event(**record)
+
+        server.processor.on_event = recording  # type: ignore[method-assign]
         table, acked = WorkerTable(), []
         link.assign({1, 2})
         await link.dump(table)
@@ -183,11 +199,134 @@ def test_a_revocation_returns_only_after_the_engine_dropped_the_partition() -> N
             link.submit(Event(table, acked, f"r{n}"), NAMES.beacons, 1 + n % 2, n, T0 + n, beacon(n, f"m{n}"),
                         f"m{n}".encode())
         await link.revoke({1})
-        handled, owned, epoch = server.processor.metrics.events, set(server.processor.books), server.epoch
+        at_revoke = len(handled)
+        owned, epoch = set(server.processor.books), server.epoch
+        for _ in range(100):
+            if handled.count(2) == 100:
+                break
+            await asyncio.sleep(0.01)
         await link.stop()
         task.cancel()
-        return handled, owned, epoch
+        return handled, at_revoke, owned, epoch
 
-    handled, owned, epoch = asyncio.run(scenario())
-    assert handled == 200, "records sent before the revocation were still unhandled when it returned"
+    handled, at_revoke, owned, epoch = asyncio.run(scenario())
+    assert 1 not in handled[at_revoke:], "a record of the revoked partition was handled after the revocation"
+    assert handled.count(2) == 100, "records of the partition kept were lost"
     assert owned == {2} and epoch == 2
+
+
+class HeldOutbox(Outbox):
+    """Kafka (or the decision gate) holding every record until ``release``: a flush waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def send(self, topic: str, *, key: bytes | None, value: bytes, partition: int | None = None) -> Any:
+        self.records.append((topic, value))
+        return asyncio.ensure_future(self.release.wait())
+
+
+Held = tuple[EngineLink, EngineServer, "asyncio.Task[None]", HeldOutbox, WorkerTable, list[tuple[str, int]]]
+
+
+async def _flush_waiting(clock: list[int], assigned: set[int]) -> Held:
+    """An engine owning ``assigned`` whose partition 2 flush waits for Kafka (a held dead letter)."""
+    link, server, task = await _pair(clock)
+    outbox = HeldOutbox()
+    server.processor.outbox = outbox
+    table, acked = WorkerTable(), list[tuple[str, int]]()
+    link.assign(assigned)
+    await link.dump(table)
+    link.submit(Event(table, acked, "null2"), NAMES.beacons, 2, 0, T0, None, b"m2")  # a dead letter: held
+    link.submit(Event(table, acked, "b2"), NAMES.beacons, 2, 1, T0, beacon(1, "m2"), b"m2")
+    await _settle(link, 2, table)
+    clock[0] += 2_000  # the next record of partition 2 flushes: it waits for the held dead letter
+    link.submit(Event(table, acked, "tick2"), NAMES.ticks, 2, 0, clock[0], b"{}", None)
+    await link.send_batch()
+    await asyncio.sleep(0.2)
+    return link, server, task, outbox, table, acked
+
+
+async def _revoked_within_10s(link: EngineLink, partitions: set[int]) -> bool:
+    try:
+        await asyncio.wait_for(link.revoke(partitions), 10)
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_revocation_is_answered_while_a_flush_waits_for_kafka() -> None:
+    """A flush waits until Kafka has the records its events produced (up to the decision gate's 20 s lease
+    for a decision a dead worker claimed). The rebalance must not wait for that: records of the revoked
+    partition not yet handled are dropped (the next owner replays them), the engine forgets the partition at
+    once, and the waiting flush of the partition it keeps completes afterwards."""
+    async def scenario() -> tuple[bool, set[int], list[str], list[str], list[int]]:
+        clock = [T0]
+        link, server, task, outbox, table, acked = await _flush_waiting(clock, {1, 2})
+        link.submit(Event(table, acked, "null1"), NAMES.beacons, 1, 0, T0, None, b"m1")  # queued behind it
+        await link.send_batch()
+        revoked = await _revoked_within_10s(link, {1})
+        owned = set(server.processor.books)
+        outbox.release.set()
+        await _settle(link, 2, table)
+        letters = [orjson.loads(value)["partition"] for topic, value in outbox.records if topic.endswith(".dlq")]
+        await link.stop()
+        task.cancel()
+        return revoked, owned, [name for name, _ in acked], [str(k) for k in table], letters
+
+    revoked, owned, acked, stored, letters = asyncio.run(scenario())
+    assert revoked, "the revocation waited for a flush of another partition to get Kafka's answer"
+    assert owned == {2}
+    assert letters == [2], "a record of the revoked partition was handled after the revocation"
+    assert acked == ["null2", "b2", "tick2"] and stored, "the waiting flush did not complete after the revocation"
+
+
+def test_a_partition_revoked_while_its_own_flush_waits_is_forgotten_after_that_record() -> None:
+    """The record being handled belongs to the revoked partition: the answer comes at once, the record
+    finishes (its state intact, so no decision is made from a half-dropped partition), nothing it stores
+    reaches the worker, and the engine forgets the partition right after it."""
+    async def scenario() -> tuple[bool, set[int], list[str], WorkerTable, set[int]]:
+        clock = [T0]
+        link, server, task, outbox, table, acked = await _flush_waiting(clock, {2})
+        revoked = await _revoked_within_10s(link, {2})
+        owned_while_waiting = set(server.processor.books)
+        outbox.release.set()
+        await _settle(link, 2, table)
+        owned = set(server.processor.books)
+        await link.stop()
+        task.cancel()
+        return revoked, owned_while_waiting, [name for name, _ in acked], table, owned | set(server.table.closed)
+
+    revoked, owned_while_waiting, acked, table, left = asyncio.run(scenario())
+    assert revoked, "the revocation waited for the partition's flush to get Kafka's answer"
+    assert owned_while_waiting == {2}, "the partition was dropped under the record being handled"
+    assert acked == [] and table == {}, "a revoked partition's flush reached the worker"
+    assert left == set(), "the partition was not forgotten after its record"
+
+
+def test_an_assignment_revoked_before_the_engine_reached_it_is_ignored() -> None:
+    """Assignments travel with the records, revocations beside them: while the engine waits on a flush, a
+    partition can be assigned and revoked again before it reads the assignment. It must not take the
+    partition (nor keep its buckets) when it gets there."""
+    async def scenario() -> tuple[bool, set[int], set[int]]:
+        clock = [T0]
+        link, server, task, outbox, table, acked = await _flush_waiting(clock, {2})
+        table[buckets.bucket_key(1, buckets.bucket_of("m1", 8))] = buckets.encode(
+            {"m1": MemberState("m1").to_bytes()}, buckets=8)
+        link.assign({1})
+        await link.dump(table)
+        link.submit(Event(table, acked, "b1"), NAMES.beacons, 1, 0, T0, beacon(1, "m1"), b"m1")
+        revoked = await _revoked_within_10s(link, {1})
+        outbox.release.set()
+        await _settle(link, 2, table)
+        link.submit(Event(table, acked, "tick2b"), NAMES.ticks, 2, 1, clock[0], b"{}", None)
+        await _settle(link, 2, table)
+        kept = {p for p, _ in (buckets.parse_key(k) or (-1, 0) for k in server.table.values)}
+        await link.stop()
+        task.cancel()
+        return revoked, set(server.processor.books), kept
+
+    revoked, owned, kept = asyncio.run(scenario())
+    assert revoked
+    assert owned == {2} and 1 not in kept, "the engine took a partition revoked before it read the assignment"

@@ -43,6 +43,8 @@ def test_results_carry_epoch_writes_and_acks() -> None:
 
 def test_partitions_and_items_round_trip() -> None:
     assert frames.decode_partitions(memoryview(frames.encode_partitions({5, 0, 2}))) == {0, 2, 5}
+    assert frames.decode_revoke(memoryview(frames.encode_revoke(2**40 + 3, 9, {7, 1}))) == (2**40 + 3, 9, {1, 7})
+    assert frames.decode_assign(memoryview(frames.encode_assign(8, {3}))) == (8, {3})
     items = [(b"k", b"v"), (b"", b"long" * 999)]
     assert frames.decode_items(memoryview(frames.encode_items(items)))[0] == items
 
