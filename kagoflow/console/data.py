@@ -1,8 +1,7 @@
 """What the console pages read from ClickHouse, beyond the §14 report queries in ``kagoflow.archive.queries``.
 
-Each query touches only what a page needs: today's and the last week's decisions through ``PREWHERE`` on the
-``date`` column (the UTC day of the due moment; a replayed decision counts once through ``uniqExact`` of its
-key), one member's rows, or the pre-aggregated report tables. Blocking driver calls run in a thread.
+Each query touches only what a page needs: one member's rows, or the report day tables (today's and the last
+week's decisions: ``queries.decision_counts``). Blocking driver calls run in a thread.
 """
 
 from __future__ import annotations
@@ -35,17 +34,8 @@ class ConsoleData:
 
     # -- overview / rules ------------------------------------------------------------------------------
     def decisions_by_rule(self, since: date, until: date) -> dict[str, dict[str, int]]:
-        """rule → status → distinct decisions of shop-local days [since, until]."""
-        lo = queries.day_start_ms(since, self.timezone)
-        hi = queries.day_start_ms(until + timedelta(days=1), self.timezone)
-        sql = (f"SELECT rule_id, status, uniqExact(decision_key) FROM {self.archive.table('mail_decisions')} "
-               f"PREWHERE date >= %(lo_date)s AND date <= %(hi_date)s "
-               f"WHERE at_ms >= %(lo)s AND at_ms < %(hi)s GROUP BY rule_id, status")
-        out: dict[str, dict[str, int]] = {}
-        for rule, status, count in self.archive.query(sql, {
-                "lo": lo, "hi": hi, "lo_date": since - timedelta(days=7), "hi_date": until + timedelta(days=1)}):
-            out.setdefault(rule, {})[status] = int(count)
-        return out
+        """rule → status → distinct decisions of shop-local days [since, until] (the report day table)."""
+        return queries.decision_counts(self.archive, since=since, until=until, timezone=self.timezone)
 
     # -- scenario status -------------------------------------------------------------------------------
     def scenario_status(self) -> list[dict[str, Any]]:

@@ -49,6 +49,25 @@ def test_held_out_mails_and_their_purchases(archive: ClickHouseArchive) -> None:
     report_data.check_holdout(report, mails)
 
 
+def test_held_out_decisions_are_not_sends(archive: ClickHouseArchive) -> None:
+    # SPEC §14: a held-out member gets `held_out` instead of `sent` — nothing is sent, so the report's sent
+    # (送信) counts exactly the send list's mails and the held-out ones only under held_out (ホールドアウト)
+    report = queries.mail_report(archive, since=data.DAY, until=data.DAY)
+    sends = queries.daily_send_list(archive, day=data.DAY)
+    assert sum(int(r["sent"]) for r in report) == len(sends) == 10
+    hold = [r for r in report if r["rule_id"] == "hold"]
+    assert [(r["sent"], r["held_out"], r["delivered"], r["opened"]) for r in hold] == [(2, 2, 0, 0)]
+    assert sorted(s["member_id"] for s in sends if s["rule_id"] == "hold") == ["h1", "h2"]
+    assert queries.decision_counts(archive, since=data.DAY, until=data.DAY, timezone="Asia/Tokyo")["hold"] == \
+        {"sent": 2, "held_out": 2}
+
+
+def test_coupon_redemptions_per_rule_and_day(archive: ClickHouseArchive) -> None:
+    report_data.check_coupons(queries.coupon_report(archive, since=data.DAY, until=data.DAY))
+    assert queries.coupon_report(archive, since=report_data.DAY2, until=report_data.DAY2) == []
+    assert queries.coupon_report(archive, since=data.DAY, until=data.DAY, rule_id="cart-1h") == []
+
+
 def test_replaying_every_row_again_changes_no_report_number(archive: ClickHouseArchive) -> None:
     before = queries.mail_report(archive)
     sends = queries.daily_send_list(archive, day=data.DAY)
@@ -103,13 +122,18 @@ def test_report_tables_are_backfilled_from_rows_archived_before_them(archive: Cl
 
     before = queries.mail_report(archive)
     search = queries.member_search(archive, product_id="P9", since=data.DAY, until=report_data.DAY2)
-    tables = ("report_mails", "report_clicks", "report_purchases", "report_member_actions")
+    sends = queries.daily_send_list(archive, day=data.DAY)
+    tables = ("report_mails", "report_clicks", "report_purchases", "report_member_actions", "report_decisions",
+              "report_mail_events", "report_click_days", "report_purchase_days", "report_sends", "report_emails")
     for table in tables:
         archive.query(f"TRUNCATE TABLE {archive.table(table)}")
     assert queries.mail_report(archive) == []
     assert sorted(backfill_reports(archive)) == sorted([
         "mv_report_mails_decisions", "mv_report_mails_engagement", "mv_report_clicks", "mv_report_member_actions",
-        "mv_report_purchases_orders", "mv_report_purchases_beacons"])
+        "mv_report_purchases_orders", "mv_report_purchases_beacons", "mv_report_decisions",
+        "mv_report_mail_events", "mv_report_click_days", "mv_report_purchase_days_orders",
+        "mv_report_purchase_days_beacons", "mv_report_sends", "mv_report_emails"])
     assert queries.mail_report(archive) == before
     assert queries.member_search(archive, product_id="P9", since=data.DAY, until=report_data.DAY2) == search
+    assert queries.daily_send_list(archive, day=data.DAY) == sends
     assert backfill_reports(archive) == []  # tables filled: nothing runs again
