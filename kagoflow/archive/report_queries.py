@@ -25,6 +25,7 @@ _STATUS_LIST = "(" + ", ".join(f"'{s}'" for s in STATUSES) + ")"
 _FLAGS = (("delivered", 1), ("bounced", 2), ("opened", 4), ("clicked", 8), ("opened_incl_bots", 16),
           ("clicked_incl_bots", 32), ("unsubscribed", 64))
 _ATTRIBUTION_MS = 2 * DAY_MS
+_NEVER = 9223372036854775807
 _FAR_FUTURE = date(2100, 1, 1)  # within Date of every release
 
 
@@ -62,6 +63,8 @@ def mail_report(
                     f"WHERE date >= %(lo_date)s AND at_ms >= %(lo)s AND rule_id = %(rule_id)s)")
     counts = ", ".join(f"countIf(status = '{s}') AS {s}" for s in STATUSES[:4])
     flags = ", ".join(f"sumIf(bitAnd(bits, {bit}) != 0, status = 'sent') AS {name}" for name, bit in _FLAGS)
+    firsts = ", ".join(f"min(if(status = '{s}', at_ms, toInt64({_NEVER}))) AS {s}_ms" for s in STATUSES)
+    pairs = ", ".join(f"('{s}', {s}_ms)" for s in STATUSES)
     sql = f"""
 SELECT rule_id, step, variant, day, {counts}, {flags},
     sumIf(conversions, status = 'sent') AS conversions, sumIf(revenue, status = 'sent') AS revenue,
@@ -70,24 +73,27 @@ SELECT rule_id, step, variant, day, {counts}, {flags},
     if(sent > 0, revenue / sent, 0) AS revenue_per_mail, countIf(status = 'held_out') AS held_out
 FROM
 (
-    SELECT rule_id, step, variant, day, status, bits, mail_hash
+    SELECT rule_id, step, variant, bits, mail_hash, tupleElement(first, 1) AS status,
+           tupleElement(first, 2) AS first_ms, toDate(toDateTime(intDiv(first_ms, 1000), 'UTC'), %(tz)s) AS day
     FROM
     (
-        SELECT rule_id, status, mail_hash, any(mail_step) AS step, any(mail_variant) AS variant,
-               min(at_ms) AS first_ms, toDate(toDateTime(intDiv(first_ms, 1000), 'UTC'), %(tz)s) AS day
-        FROM {t('report_decisions')}
-        WHERE date >= %(lo_date)s AND date <= %(hi_date)s AND status IN {_STATUS_LIST}{rule}
-        GROUP BY rule_id, status, mail_hash
-        HAVING first_ms >= %(lo)s AND first_ms < %(hi)s
-    ) AS decided
-    ANY LEFT JOIN
-    (
-        SELECT mail_hash, groupBitOrMerge(flags) AS bits
-        FROM {t('report_mail_events')}
-        WHERE date >= %(lo_date)s{rule}
+        SELECT mail_hash, any(mail_rule) AS rule_id, max(mail_step) AS step, max(mail_variant) AS variant,
+               groupBitOr(mail_flags) AS bits, {firsts}
+        FROM
+        (
+            SELECT mail_hash, rule_id AS mail_rule, status, at_ms, mail_step, mail_variant, toUInt8(0) AS mail_flags
+            FROM {t('report_decisions')}
+            WHERE date >= %(lo_date)s AND date <= %(hi_date)s AND status IN {_STATUS_LIST}{rule}
+            UNION ALL
+            SELECT mail_hash, rule_id AS mail_rule, '' AS status, toInt64(0) AS at_ms, toUInt8(0) AS mail_step,
+                   '' AS mail_variant, finalizeAggregation(flags) AS mail_flags
+            FROM {t('report_mail_events')}
+            WHERE date >= %(lo_date)s{rule}
+        )
         GROUP BY mail_hash
-    ) AS engaged
-    USING mail_hash
+    )
+    ARRAY JOIN [{pairs}] AS first
+    WHERE first_ms >= %(lo)s AND first_ms < %(hi)s
 ) AS mails
 ANY LEFT JOIN
 (
