@@ -7,6 +7,7 @@ so the report tables are filled by their materialized views exactly as in produc
 query ``--runs`` times and prints p50 / p95:
 
   report 1 rule 7 d    ``queries.mail_report`` (the report page for one rule, a week)
+  holdout 1 rule 7 d   ``ConsoleData.holdout`` (the report page for one rule with held-out mails: uplift)
   report all 14 d      ``queries.mail_report`` (the report page default: every rule, two weeks)
   send list 1 day      ``queries.daily_send_list`` (one shop-local day, every rule)
   member search        ``queries.member_search`` (one product, a week)
@@ -159,6 +160,7 @@ def timings(archive: ClickHouseArchive, runs: int) -> dict[str, list[float]]:
 
     cases: dict[str, Callable[[], Any]] = {
         "report 1 rule 7 d": report_rule,
+        "holdout 1 rule 7 d": lambda: data.holdout(f"rule-{rng.randrange(RULES)}", last - timedelta(days=6), last),
         "report all 14 d": lambda: queries.mail_report(archive, since=last - timedelta(days=13), until=last,
                                                        timezone=TZ),
         "send list 1 day": lambda: queries.daily_send_list(

@@ -597,7 +597,8 @@ CREATE TABLE IF NOT EXISTS kagoflow.report_decisions
     mail_hash UInt64,
     at_ms Int64,
     mail_step UInt8,
-    mail_variant String
+    mail_variant String,
+    member_id String
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(date)
@@ -605,7 +606,7 @@ ORDER BY (date, rule_id, status, mail_hash, at_ms);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_decisions TO kagoflow.report_decisions AS
 SELECT toDate(toDateTime(intDiv(at_ms, 1000), 'UTC')) AS date, rule_id, status,
-       cityHash64(decision_key) AS mail_hash, at_ms, step AS mail_step, variant AS mail_variant
+       cityHash64(decision_key) AS mail_hash, at_ms, step AS mail_step, variant AS mail_variant, member_id
 FROM kagoflow.mail_decisions
 WHERE status IN ('sent', 'capped', 'suppressed', 'skipped', 'held_out');
 

@@ -13,13 +13,20 @@ from datetime import date
 from typing import Any
 
 from kagoflow.archive.reader import DAY_MS, REPORT_COLUMNS, SEND_LIST_COLUMNS, ArchiveReader, day_start_ms
-from kagoflow.archive.report_queries import coupon_report, daily_send_list, decision_counts, mail_report
+from kagoflow.archive.report_queries import (
+    coupon_report,
+    daily_send_list,
+    decision_counts,
+    holdout_counts,
+    mail_report,
+    rule_mails,
+)
 from kagoflow.core.events import BEACON_TYPES
 from kagoflow.core.shoptime import iso
 
 __all__ = ["ACTIONS", "DAY_MS", "HISTORY_COLUMNS", "REPORT_COLUMNS", "SEND_LIST_COLUMNS", "ArchiveReader",
-           "coupon_report", "daily_send_list", "day_start_ms", "decision_counts", "history", "mail_report",
-           "member_search", "rule_mails"]
+           "coupon_report", "daily_send_list", "day_start_ms", "decision_counts", "history", "holdout_counts",
+           "mail_report", "member_search", "rule_mails"]
 
 HISTORY_COLUMNS = ("action_ms", "event_id", "type", "product_id", "product_ids", "order_id", "price",
                    "quantity", "device", "shop_id", "last_access_ms")
@@ -79,52 +86,8 @@ def history(
     return out
 
 
-_NEVER = 9223372036854775807
 _ACTION_RANK = {"cart": 3, "favorite": 2, "view": 1}
 ACTIONS = ("cart", "favorite", "view", "purchase")
-
-
-def _purchases(archive: ArchiveReader, members_sql: str) -> str:
-    """``v_report_purchases`` for the members ``members_sql`` selects, with the filter on the sorting key
-    (18.16 does not push a filter into a view's GROUP BY)."""
-    return f"""SELECT member_id, purchase_id, purchased_ms, if(order_ok, amount, 0) AS amount
-            FROM (
-                SELECT member_id, purchase_id, minMerge(purchased_ms) AS purchased_ms,
-                       argMaxMerge(order_amount) AS amount,
-                       maxMerge(has_order) = 1 AND argMaxMerge(order_status) NOT IN ('cancelled', 'canceled')
-                           AS order_ok, maxMerge(has_beacon) AS beacon
-                FROM {archive.table('report_purchases')} WHERE member_id IN ({members_sql})
-                GROUP BY member_id, purchase_id
-            ) WHERE order_ok OR beacon = 1"""
-
-
-def rule_mails(archive: ArchiveReader, *, rule_id: str, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
-    """Per mail of ``rule_id`` sent or held out in [since_ms, until_ms): member, variant, the moment, whether
-    it was held out, and the purchases of the member after it (``purchase_ms`` list) for holdout uplift."""
-    params = {"rule_id": rule_id, "lo": int(since_ms), "hi": int(until_ms), "never": _NEVER}
-    mails = archive.table("report_mails")
-    sql = f"""
-SELECT member_id, variant, at_ms, held, purchases
-FROM
-(
-    SELECT member_id, variant, least(sent_ms, held_out_ms) AS at_ms, toUInt8(held_out_ms < sent_ms) AS held
-    FROM
-    (
-        SELECT finalizeAggregation(member_id) AS member_id, finalizeAggregation(variant) AS variant,
-               finalizeAggregation(sent_ms) AS sent_ms, finalizeAggregation(held_out_ms) AS held_out_ms
-        FROM {mails} FINAL WHERE rule_id = %(rule_id)s
-    )
-    WHERE at_ms >= %(lo)s AND at_ms < %(hi)s
-) AS m
-ANY LEFT JOIN
-(
-    SELECT member_id, groupArray(purchased_ms) AS purchases
-    FROM ({_purchases(archive, f"SELECT finalizeAggregation(member_id) FROM {mails} WHERE rule_id = %(rule_id)s")})
-    GROUP BY member_id
-) AS p
-USING member_id"""
-    return [{"member_id": m, "variant": v, "at_ms": int(at), "held_out": bool(h), "purchases": list(p)}
-            for m, v, at, h, p in archive.query(sql, params)]
 
 
 def member_search(

@@ -134,6 +134,71 @@ def _purchases(archive: ArchiveReader, members: str) -> str:
         WHERE (order_ok OR beacon) AND purchased_ms >= %(lo)s"""
 
 
+def _held_or_sent(archive: ArchiveReader) -> str:
+    """Per mail of the rule sent or held out in [lo, hi): member, variant, the moment, whether held out."""
+    return f"""SELECT mail_hash, member_id, variant, first_ms, held, cityHash64(member_id) AS member_hash
+        FROM
+        (
+            SELECT mail_hash, any(member_id) AS member_id, max(mail_variant) AS variant,
+                   min(if(status = 'sent', at_ms, toInt64({_NEVER}))) AS sent_ms,
+                   min(if(status = 'held_out', at_ms, toInt64({_NEVER}))) AS held_ms,
+                   least(sent_ms, held_ms) AS first_ms, toUInt8(held_ms < sent_ms) AS held
+            FROM {archive.table('report_decisions')}
+            WHERE date >= %(lo_date)s AND date <= %(hi_date)s AND rule_id = %(rule_id)s
+                  AND status IN ('sent', 'held_out')
+            GROUP BY mail_hash
+        )
+        WHERE first_ms >= %(lo)s AND first_ms < %(hi)s"""
+
+
+def _holdout_params(rule_id: str, since_ms: int, until_ms: int) -> dict[str, Any]:
+    return {"rule_id": rule_id, "lo": int(since_ms), "hi": int(until_ms),
+            "lo_date": _utc_date(int(since_ms) - DAY_MS), "hi_date": _utc_date(int(until_ms))}
+
+
+def _member_purchases(archive: ArchiveReader) -> str:
+    members = (f" AND member_hash IN (SELECT cityHash64(member_id) FROM {archive.table('report_decisions')} "
+               f"WHERE date >= %(lo_date)s AND date <= %(hi_date)s AND rule_id = %(rule_id)s)")
+    return f"SELECT member_hash, purchased_ms FROM ({_purchases(archive, members)})"
+
+
+def rule_mails(archive: ArchiveReader, *, rule_id: str, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    """Per mail of ``rule_id`` sent or held out in [since_ms, until_ms): member, variant, the moment, whether
+    it was held out, and the member's purchases at or after ``since_ms`` (``purchases``, epoch ms)."""
+    sql = f"""
+SELECT member_id, variant, first_ms, held, purchases
+FROM ({_held_or_sent(archive)}) AS m
+ANY LEFT JOIN
+(
+    SELECT member_hash, groupArray(purchased_ms) AS purchases FROM ({_member_purchases(archive)}) GROUP BY member_hash
+) AS p
+USING member_hash"""
+    return [{"member_id": m, "variant": v, "at_ms": int(at), "held_out": bool(h), "purchases": sorted(p)}
+            for m, v, at, h, p in archive.query(sql, _holdout_params(rule_id, since_ms, until_ms))]
+
+
+def holdout_counts(archive: ArchiveReader, *, rule_id: str, since_ms: int, until_ms: int,
+                   window_ms: int) -> tuple[int, int, int, int]:
+    """§14 holdout of ``rule_id`` for mails decided in [since_ms, until_ms): (buyers, mails) of the sent group
+    and of the held-out group, a buyer having purchased within ``window_ms`` after the decision moment."""
+    sql = f"""
+SELECT countIf(bought AND held = 0), countIf(held = 0), countIf(bought AND held = 1), countIf(held = 1)
+FROM
+(
+    SELECT mail_hash, any(held) AS held,
+           max(purchased_ms >= first_ms AND purchased_ms <= first_ms + %(window)s) AS bought
+    FROM ({_held_or_sent(archive)}) AS m
+    ALL LEFT JOIN ({_member_purchases(archive)}) AS p
+    USING member_hash
+    GROUP BY mail_hash
+)"""
+    rows = archive.query(sql, {**_holdout_params(rule_id, since_ms, until_ms), "window": int(window_ms)})
+    if not rows:
+        return (0, 0, 0, 0)
+    a, b, c, d = (int(v) for v in rows[0])
+    return (a, b, c, d)
+
+
 def coupon_report(
     archive: ArchiveReader,
     *,

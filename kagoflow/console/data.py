@@ -101,10 +101,6 @@ GROUP BY rule_id, step ORDER BY rule_id, step"""
         """Purchase rate within ``attribution_days`` after the decision, sent vs held out, for ``rule_id``."""
         lo = queries.day_start_ms(since, self.timezone)
         hi = queries.day_start_ms(until + timedelta(days=1), self.timezone)
-        window = attribution_days * 86_400_000
-        counts = {True: [0, 0], False: [0, 0]}
-        for mail in queries.rule_mails(self.archive, rule_id=rule_id, since_ms=lo, until_ms=hi):
-            bought = any(mail["at_ms"] <= p <= mail["at_ms"] + window for p in mail["purchases"])
-            counts[mail["held_out"]][0] += int(bought)
-            counts[mail["held_out"]][1] += 1
-        return stats.holdout_uplift(counts[False][0], counts[False][1], counts[True][0], counts[True][1])
+        buyers_sent, n_sent, buyers_held, n_held = queries.holdout_counts(
+            self.archive, rule_id=rule_id, since_ms=lo, until_ms=hi, window_ms=attribution_days * 86_400_000)
+        return stats.holdout_uplift(buyers_sent, n_sent, buyers_held, n_held)

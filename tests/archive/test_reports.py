@@ -47,6 +47,9 @@ def test_held_out_mails_and_their_purchases(archive: ClickHouseArchive) -> None:
     data.check_report([r for r in report if r["rule_id"] != "hold"])
     mails = queries.rule_mails(archive, rule_id="hold", since_ms=data.T0 - 1, until_ms=data.T0 + 1)
     report_data.check_holdout(report, mails)
+    # sent: h1 bought within 7 days, h2 not; held out: h3 bought after 9 days (outside), h4 not
+    assert queries.holdout_counts(archive, rule_id="hold", since_ms=data.T0 - 1, until_ms=data.T0 + 1,
+                                  window_ms=7 * data.DAY_MS) == (1, 2, 0, 2)
 
 
 def test_held_out_decisions_are_not_sends(archive: ClickHouseArchive) -> None:
