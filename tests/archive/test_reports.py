@@ -140,3 +140,21 @@ def test_report_tables_are_backfilled_from_rows_archived_before_them(archive: Cl
     assert queries.member_search(archive, product_id="P9", since=data.DAY, until=report_data.DAY2) == search
     assert queries.daily_send_list(archive, day=data.DAY) == sends
     assert backfill_reports(archive) == []  # tables filled: nothing runs again
+
+
+def test_a_report_table_added_by_an_upgrade_is_backfilled_while_the_archiver_writes(
+        archive: ClickHouseArchive) -> None:
+    # an installation from before report_decisions: provision creates it, the archiver inserts a row through
+    # its materialized view before the backfill looks — the backfill still runs, and the row counts once
+    sys.path.insert(0, str(PROJECT_ROOT / "infra"))
+    from stacklib.provision import backfill_reports
+
+    before = queries.decision_counts(archive, since=data.DAY, until=data.DAY, timezone="Asia/Tokyo")
+    archive.query(f"DROP TABLE {archive.table('mv_report_decisions')}")
+    archive.query(f"DROP TABLE {archive.table('report_decisions')}")
+    existing = {f"{archive.database}.{r[0]}" for r in archive.query(
+        "SELECT name FROM system.tables WHERE database = %(d)s", {"d": archive.database})}
+    archive.ensure_schema()
+    archive.insert("mail_decisions", COLUMNS["mail_decisions"], [data.decision(data.K1, "sent", data.T0)])
+    assert backfill_reports(archive, existing=existing) == ["mv_report_decisions"]
+    assert queries.decision_counts(archive, since=data.DAY, until=data.DAY, timezone="Asia/Tokyo") == before
