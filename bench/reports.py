@@ -185,8 +185,8 @@ def timings(archive: ClickHouseArchive, runs: int) -> dict[str, list[float]]:
             print(f"{name:20s} failed: {str(exc).splitlines()[0][:160]}", flush=True)
             continue
         out[name] = times
-        print(f"{name:20s} p50 {_pct(times, 50):6.3f} s  p95 {_pct(times, 95):6.3f} s  ({len(rows)} rows)",
-              flush=True)
+        count = len(rows) if isinstance(rows, list | dict) else 1
+        print(f"{name:20s} p50 {_pct(times, 50):6.3f} s  p95 {_pct(times, 95):6.3f} s  ({count} rows)", flush=True)
     return out
 
 
