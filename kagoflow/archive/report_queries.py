@@ -21,11 +21,13 @@ from kagoflow.archive.reader import DAY_MS, REPORT_COLUMNS, SEND_LIST_COLUMNS, A
 
 STATUSES = ("sent", "capped", "suppressed", "skipped", "held_out")
 _STATUS_LIST = "(" + ", ".join(f"'{s}'" for s in STATUSES) + ")"
+_STATUS_INDEXES = "[" + ", ".join(str(i) for i in range(1, len(STATUSES) + 1)) + "]"  # STATUSES[i - 1]
 # report_mail_events.flags bits (schema.sql)
 _FLAGS = (("delivered", 1), ("bounced", 2), ("opened", 4), ("clicked", 8), ("opened_incl_bots", 16),
           ("clicked_incl_bots", 32), ("unsubscribed", 64))
 _ATTRIBUTION_MS = 2 * DAY_MS
 _NEVER = 9223372036854775807
+_NEVER_S = 4294967295  # "no such status" among first moments in seconds (UInt32)
 _FAR_FUTURE = date(2100, 1, 1)  # within Date of every release
 
 
@@ -46,7 +48,8 @@ def mail_report(
     lo = day_start_ms(since, timezone) if since is not None else 0
     hi = day_start_ms(until + timedelta(days=1), timezone) if until is not None else 2**62
     params: dict[str, Any] = {
-        "tz": timezone, "lo": lo, "hi": hi, "window": _ATTRIBUTION_MS,
+        "tz": timezone, "lo": lo, "hi": hi, "lo_s": lo // 1000, "hi_s": min(hi // 1000, _NEVER_S),
+        "window": _ATTRIBUTION_MS,
         "lo_date": _utc_date(lo - DAY_MS) if since is not None else date(1970, 1, 1),
         "hi_date": _utc_date(hi) if until is not None else _FAR_FUTURE,
     }
@@ -61,57 +64,68 @@ def mail_report(
     if rule_id is not None:  # only members who clicked this rule's mails can convert on them
         clickers = (f" AND member_hash IN (SELECT member_hash FROM {t('report_click_days')} "
                     f"WHERE date >= %(lo_date)s AND at_ms >= %(lo)s AND rule_id = %(rule_id)s)")
-    counts = ", ".join(f"countIf(status = '{s}') AS {s}" for s in STATUSES[:4])
-    flags = ", ".join(f"sumIf(bitAnd(bits, {bit}) != 0, status = 'sent') AS {name}" for name, bit in _FLAGS)
-    firsts = ", ".join(f"min(if(status = '{s}', at_ms, toInt64({_NEVER}))) AS {s}_ms" for s in STATUSES)
-    pairs = ", ".join(f"('{s}', {s}_ms)" for s in STATUSES)
+    # per mail only fixed-size states (memory: ~5M mails in two weeks of the benchmark's archive): the rule / step /
+    # variant as one 64-bit group hash resolved to names at the end, first moments in seconds
+    firsts = ", ".join(f"min(if(status = '{s}', at_s, toUInt32({_NEVER_S})))" for s in STATUSES)
+    counts = ", ".join(f"countIf(status = {i}) AS {name}" for i, name in enumerate(STATUSES[:4], 1))
+    flags = ", ".join(f"sumIf(bitAnd(bits, {bit}) != 0, status = 1) AS {name}" for name, bit in _FLAGS)
+    decisions = (f"FROM {t('report_decisions')} WHERE date >= %(lo_date)s AND date <= %(hi_date)s "
+                 f"AND status IN {_STATUS_LIST}{rule}")
     sql = f"""
-SELECT rule_id, step, variant, day, {counts}, {flags},
-    sumIf(conversions, status = 'sent') AS conversions, sumIf(revenue, status = 'sent') AS revenue,
-    if(sent > 0, opened / sent, 0) AS open_rate, if(sent > 0, clicked / sent, 0) AS click_rate,
+SELECT rule_id, step, variant, day, {", ".join(STATUSES[:4])}, {", ".join(name for name, _ in _FLAGS)},
+    conversions, revenue, if(sent > 0, opened / sent, 0) AS open_rate, if(sent > 0, clicked / sent, 0) AS click_rate,
     if(clicked > 0, conversions / clicked, 0) AS conversion_rate,
-    if(sent > 0, revenue / sent, 0) AS revenue_per_mail, countIf(status = 'held_out') AS held_out
+    if(sent > 0, revenue / sent, 0) AS revenue_per_mail, held_out
 FROM
 (
-    SELECT rule_id, step, variant, bits, mail_hash, tupleElement(first, 1) AS status,
-           tupleElement(first, 2) AS first_ms, toDate(toDateTime(intDiv(first_ms, 1000), 'UTC'), %(tz)s) AS day
+    SELECT grp, day, {counts}, {flags}, countIf(status = 5) AS held_out,
+        sumIf(mail_conversions, status = 1) AS conversions, sumIf(mail_revenue, status = 1) AS revenue
     FROM
     (
-        SELECT mail_hash, any(mail_rule) AS rule_id, max(mail_step) AS step, max(mail_variant) AS variant,
-               groupBitOr(mail_flags) AS bits, {firsts}
+        SELECT grp, bits, mail_hash, status, toDate(toDateTime(firsts[status], 'UTC'), %(tz)s) AS day
         FROM
         (
-            SELECT mail_hash, rule_id AS mail_rule, status, at_ms, mail_step, mail_variant, toUInt8(0) AS mail_flags
-            FROM {t('report_decisions')}
-            WHERE date >= %(lo_date)s AND date <= %(hi_date)s AND status IN {_STATUS_LIST}{rule}
-            UNION ALL
-            SELECT mail_hash, rule_id AS mail_rule, '' AS status, toInt64(0) AS at_ms, toUInt8(0) AS mail_step,
-                   '' AS mail_variant, finalizeAggregation(flags) AS mail_flags
-            FROM {t('report_mail_events')}
-            WHERE date >= %(lo_date)s{rule}
+            SELECT mail_hash, max(mail_grp) AS grp, groupBitOr(mail_flags) AS bits, [{firsts}] AS firsts
+            FROM
+            (
+                SELECT mail_hash, cityHash64(rule_id, mail_step, mail_variant) AS mail_grp, status,
+                       toUInt32(intDiv(at_ms, 1000)) AS at_s, toUInt8(0) AS mail_flags
+                {decisions}
+                UNION ALL
+                SELECT mail_hash, toUInt64(0) AS mail_grp, '' AS status, toUInt32(0) AS at_s,
+                       finalizeAggregation(flags) AS mail_flags
+                FROM {t('report_mail_events')}
+                WHERE date >= %(lo_date)s{rule}
+            )
+            GROUP BY mail_hash
+        )
+        ARRAY JOIN arrayFilter(i -> firsts[i] >= %(lo_s)s AND firsts[i] < %(hi_s)s, {_STATUS_INDEXES}) AS status
+    ) AS mails
+    ANY LEFT JOIN
+    (
+        SELECT mail_hash, count() AS mail_conversions, sum(amount) AS mail_revenue
+        FROM
+        (
+            SELECT purchase_hash, argMax(mail_hash, click_ms) AS mail_hash, any(paid) AS amount
+            FROM ({clicks}{clickers}) AS clicked
+            ALL INNER JOIN
+            ({_purchases(archive, clickers)}) AS bought
+            USING member_hash
+            WHERE purchased_ms >= click_ms AND purchased_ms <= click_ms + %(window)s
+            GROUP BY purchase_hash
         )
         GROUP BY mail_hash
-    )
-    ARRAY JOIN [{pairs}] AS first
-    WHERE first_ms >= %(lo)s AND first_ms < %(hi)s
-) AS mails
+    ) AS converted
+    USING mail_hash
+    GROUP BY grp, day
+) AS per_group
 ANY LEFT JOIN
 (
-    SELECT mail_hash, count() AS conversions, sum(amount) AS revenue
-    FROM
-    (
-        SELECT purchase_hash, argMax(mail_hash, click_ms) AS mail_hash, any(paid) AS amount
-        FROM ({clicks}{clickers}) AS clicked
-        ALL INNER JOIN
-        ({_purchases(archive, clickers)}) AS bought
-        USING member_hash
-        WHERE purchased_ms >= click_ms AND purchased_ms <= click_ms + %(window)s
-        GROUP BY purchase_hash
-    )
-    GROUP BY mail_hash
-) AS converted
-USING mail_hash
-GROUP BY rule_id, step, variant, day
+    SELECT DISTINCT cityHash64(rule_id, mail_step, mail_variant) AS grp, rule_id, mail_step AS step,
+           mail_variant AS variant
+    {decisions}
+) AS names
+USING grp
 ORDER BY day, rule_id, step, variant"""
     return [dict(zip((*REPORT_COLUMNS, "held_out"), row, strict=True)) for row in archive.query(sql, params)]
 
