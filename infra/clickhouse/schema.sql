@@ -587,3 +587,149 @@ FROM
     USING decision_key
 )
 GROUP BY rule_id, step, variant, day;
+
+
+-- ==== Report summaries by day (issue 15, second round): the console reads a period as a range of these ===========
+-- tables, sorted by the UTC date of the row's own moment, so a week or two of a big archive is a few index ranges.
+-- Keys are cityHash64 of the decision key / member id / purchase id (narrow joins); every read aggregates with
+-- idempotent functions (min, argMax, groupBitOr, DISTINCT keys), so a replayed row changes no number, and the
+-- ReplacingMergeTree engines collapse exact replays on merge. Backfilled like the tables above.
+
+-- One row per decision key, status and decision moment (a worker re-deciding after a crash adds a row at its
+-- later moment; reports take the first).
+CREATE TABLE IF NOT EXISTS kagoflow.report_decisions
+(
+    date Date,
+    rule_id String,
+    status String,
+    mail_hash UInt64,
+    at_ms Int64,
+    mail_step UInt8,
+    mail_variant String,
+    member_id String
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(date)
+ORDER BY (date, rule_id, status, mail_hash, at_ms);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_decisions TO kagoflow.report_decisions AS
+SELECT toDate(toDateTime(intDiv(at_ms, 1000), 'UTC')) AS date, rule_id, status,
+       cityHash64(decision_key) AS mail_hash, at_ms, step AS mail_step, variant AS mail_variant, member_id
+FROM kagoflow.mail_decisions
+WHERE status IN ('sent', 'capped', 'suppressed', 'skipped', 'held_out');
+
+-- What happened to a mail, per UTC date of the events: bit 1 delivered, 2 bounced (or failed), 4 opened by a
+-- human (an open or a click), 8 clicked by a human, 16 opened by anyone, 32 clicked by anyone, 64 unsubscribed.
+CREATE TABLE IF NOT EXISTS kagoflow.report_mail_events
+(
+    date Date,
+    rule_id String,
+    mail_hash UInt64,
+    flags AggregateFunction(groupBitOr, UInt8)
+)
+ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM(date)
+ORDER BY (date, rule_id, mail_hash);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_mail_events TO kagoflow.report_mail_events AS
+SELECT toDate(toDateTime(intDiv(at_ms, 1000), 'UTC')) AS date, rule_id, cityHash64(decision_key) AS mail_hash,
+       groupBitOrState(toUInt8(
+           multiIf(event = 'delivered', 1, event = 'bounced' OR event = 'failed', 2, event = 'unsubscribe', 64, 0)
+           + if((event = 'open' OR event = 'click') AND suspected_bot = 0, 4, 0)
+           + if(event = 'click' AND suspected_bot = 0, 8, 0)
+           + if(event = 'open' OR event = 'click', 16, 0)
+           + if(event = 'click', 32, 0))) AS flags
+FROM kagoflow.engagement
+GROUP BY date, rule_id, mail_hash;
+
+-- Human clicks by UTC date, for last-click attribution over a period.
+CREATE TABLE IF NOT EXISTS kagoflow.report_click_days
+(
+    date Date,
+    member_hash UInt64,
+    at_ms Int64,
+    mail_hash UInt64,
+    rule_id String
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(date)
+ORDER BY (date, member_hash, at_ms, mail_hash);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_click_days TO kagoflow.report_click_days AS
+SELECT toDate(toDateTime(intDiv(at_ms, 1000), 'UTC')) AS date, cityHash64(member_id) AS member_hash, at_ms,
+       cityHash64(decision_key) AS mail_hash, rule_id
+FROM kagoflow.engagement
+WHERE event = 'click' AND suspected_bot = 0;
+
+-- Purchase records by UTC date of the purchase: every order record (its status and amount at ts_ms) and every
+-- purchase beacon (purchase id = its order_id, else its event_id; a beacon and an order with the same order id
+-- are one purchase). Read: min(purchased_ms); the order's latest status and amount by argMax over order rows.
+CREATE TABLE IF NOT EXISTS kagoflow.report_purchase_days
+(
+    date Date,
+    member_hash UInt64,
+    purchase_hash UInt64,
+    purchased_ms Int64,
+    is_order UInt8,
+    record_ms Int64,
+    order_status String,
+    order_amount Float64
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(date)
+ORDER BY (date, member_hash, purchase_hash, is_order, record_ms);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_purchase_days_orders TO kagoflow.report_purchase_days AS
+SELECT toDate(ordered_at) AS date, cityHash64(member_id) AS member_hash, cityHash64(order_id) AS purchase_hash,
+       toInt64(toUInt32(ordered_at)) * 1000 AS purchased_ms, toUInt8(1) AS is_order, ts_ms AS record_ms,
+       status AS order_status,
+       ifNull(total, arraySum(arrayMap((q, p) -> q * p, item_quantities, item_prices))) AS order_amount
+FROM kagoflow.orders;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_purchase_days_beacons TO kagoflow.report_purchase_days AS
+SELECT toDate(toDateTime(intDiv(ts_ms, 1000), 'UTC')) AS date, cityHash64(member_id) AS member_hash,
+       cityHash64(if(order_id = '', event_id, order_id)) AS purchase_hash, ts_ms AS purchased_ms,
+       toUInt8(0) AS is_order, ts_ms AS record_ms, '' AS order_status, toFloat64(0) AS order_amount
+FROM kagoflow.beacons
+WHERE type = 'purchase';
+
+-- Sent mails by UTC date of the send (the daily send list), and each member's latest e-mail address.
+CREATE TABLE IF NOT EXISTS kagoflow.report_sends
+(
+    date Date,
+    at_ms Int64,
+    at DateTime('UTC'),
+    decision_key String,
+    member_id String,
+    rule_id String,
+    kind String,
+    step UInt8,
+    variant String,
+    template String,
+    products Array(String),
+    coupon String,
+    kafka_partition UInt16,
+    kafka_offset UInt64
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(date)
+ORDER BY (date, at_ms, decision_key);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_sends TO kagoflow.report_sends AS
+SELECT toDate(toDateTime(intDiv(at_ms, 1000), 'UTC')) AS date, at_ms, at, decision_key, member_id, rule_id, kind,
+       step, variant, template, products, coupon, kafka_partition, kafka_offset
+FROM kagoflow.mail_decisions
+WHERE status = 'sent';
+
+CREATE TABLE IF NOT EXISTS kagoflow.report_emails
+(
+    member_id String,
+    latest_email AggregateFunction(argMax, String, Int64)
+)
+ENGINE = AggregatingMergeTree()
+ORDER BY member_id;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS kagoflow.mv_report_emails TO kagoflow.report_emails AS
+SELECT member_id, argMaxState(email, ts_ms) AS latest_email
+FROM kagoflow.members
+GROUP BY member_id;

@@ -84,8 +84,10 @@ def apply_schema(settings: Settings, *, schema: Path = SCHEMA_FILE, timeout: flo
     try:
         while True:
             try:
+                existing = {f"{archive.database}.{r[0]}" for r in archive.query(
+                    "SELECT name FROM system.tables WHERE database = %(d)s", {"d": archive.database})}
                 archive.ensure_schema()
-                backfill_reports(archive)
+                backfill_reports(archive, existing=existing)
                 break
             except ArchiveUnavailable as exc:
                 if time.monotonic() > deadline:
@@ -105,10 +107,13 @@ _MATERIALIZED = re.compile(r"CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+)\.(\w+)
 _SOURCE = re.compile(r"\bFROM (\w+\.\w+)\s*(?:\n|$|ARRAY|WHERE|GROUP)")
 
 
-def backfill_reports(archive: ClickHouseArchive) -> list[str]:
-    """Fill each report table that is still empty from the raw rows archived before its materialized view
+def backfill_reports(archive: ClickHouseArchive, *, existing: set[str] | None = None) -> list[str]:
+    """Fill each report table that is still empty — or, given ``existing`` (the database's tables before
+    ``ensure_schema`` ran), each one created just now — from the raw rows archived before its materialized view
     existed (the view's own SELECT over the whole source table). Safe while the archiver inserts: report
-    tables hold idempotent states, so a row that reaches them twice changes nothing. Returns the views run."""
+    tables are read through idempotent aggregates, so a row that reaches them twice changes nothing; with
+    ``existing`` a table the archiver already wrote into since its creation is still backfilled. Returns the
+    views run."""
     from kagoflow.adapters.clickhouse import schema_statements
 
     views = []
@@ -118,7 +123,10 @@ def backfill_reports(archive: ClickHouseArchive) -> list[str]:
         source = _SOURCE.search(match.group(4)) if match else None
         if match is not None and source is not None:
             views.append((match.group(2), match.group(3), source.group(1), match.group(4)))
-    empty = {target for _, target, _, _ in views if not archive.query(f"SELECT count() FROM {target}")[0][0]}
+    if existing is not None:
+        empty = {target for _, target, _, _ in views if target not in existing}
+    else:
+        empty = {target for _, target, _, _ in views if not archive.query(f"SELECT count() FROM {target}")[0][0]}
     done = []
     for name, target, source_table, select in views:  # decided before any runs: two views may share a target
         if target in empty and archive.query(f"SELECT count() FROM {source_table}")[0][0]:

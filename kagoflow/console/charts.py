@@ -20,15 +20,16 @@ def bar_chart(points: Sequence[tuple[str, float]], *, title: str, unit: str = ""
     bars = []
     for i, (label, value) in enumerate(points):
         height = (_H - 3 * _PAD) * (value / top)
-        x = _PAD + i * slot + slot * 0.15
+        width = min(slot * 0.7, 56.0)  # a lone day is a bar, not a wall
+        x = _PAD + i * slot + (slot - width) / 2
         y = _H - 2 * _PAD - height
         shown = f"{value:,.0f}" if float(value).is_integer() else f"{value:,.3g}"
         bars.append(
-            f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{height:.1f}" fill="#3b82f6">'
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" height="{height:.1f}" fill="#3b82f6">'
             f"<title>{escape(label)}: {escape(shown)}{escape(unit)}</title></rect>"
-            f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" font-size="11" text-anchor="middle">'
+            f'<text x="{x + width / 2:.1f}" y="{y - 4:.1f}" font-size="12" text-anchor="middle">'
             f"{escape(shown)}</text>"
-            f'<text x="{x + slot * 0.35:.1f}" y="{_H - 2 * _PAD + 14:.1f}" font-size="10" '
+            f'<text x="{x + width / 2:.1f}" y="{_H - 2 * _PAD + 14:.1f}" font-size="11" '
             f'text-anchor="middle">{escape(label[-10:])}</text>'
         )
     return Markup(

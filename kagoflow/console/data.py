@@ -1,8 +1,7 @@
 """What the console pages read from ClickHouse, beyond the §14 report queries in ``kagoflow.archive.queries``.
 
-Each query touches only what a page needs: today's and the last week's decisions through ``PREWHERE`` on the
-``date`` column (the UTC day of the due moment; a replayed decision counts once through ``uniqExact`` of its
-key), one member's rows, or the pre-aggregated report tables. Blocking driver calls run in a thread.
+Each query touches only what a page needs: one member's rows, or the report day tables (today's and the last
+week's decisions: ``queries.decision_counts``). Blocking driver calls run in a thread.
 """
 
 from __future__ import annotations
@@ -35,17 +34,8 @@ class ConsoleData:
 
     # -- overview / rules ------------------------------------------------------------------------------
     def decisions_by_rule(self, since: date, until: date) -> dict[str, dict[str, int]]:
-        """rule → status → distinct decisions of shop-local days [since, until]."""
-        lo = queries.day_start_ms(since, self.timezone)
-        hi = queries.day_start_ms(until + timedelta(days=1), self.timezone)
-        sql = (f"SELECT rule_id, status, uniqExact(decision_key) FROM {self.archive.table('mail_decisions')} "
-               f"PREWHERE date >= %(lo_date)s AND date <= %(hi_date)s "
-               f"WHERE at_ms >= %(lo)s AND at_ms < %(hi)s GROUP BY rule_id, status")
-        out: dict[str, dict[str, int]] = {}
-        for rule, status, count in self.archive.query(sql, {
-                "lo": lo, "hi": hi, "lo_date": since - timedelta(days=7), "hi_date": until + timedelta(days=1)}):
-            out.setdefault(rule, {})[status] = int(count)
-        return out
+        """rule → status → distinct decisions of shop-local days [since, until] (the report day table)."""
+        return queries.decision_counts(self.archive, since=since, until=until, timezone=self.timezone)
 
     # -- scenario status -------------------------------------------------------------------------------
     def scenario_status(self) -> list[dict[str, Any]]:
@@ -111,10 +101,6 @@ GROUP BY rule_id, step ORDER BY rule_id, step"""
         """Purchase rate within ``attribution_days`` after the decision, sent vs held out, for ``rule_id``."""
         lo = queries.day_start_ms(since, self.timezone)
         hi = queries.day_start_ms(until + timedelta(days=1), self.timezone)
-        window = attribution_days * 86_400_000
-        counts = {True: [0, 0], False: [0, 0]}
-        for mail in queries.rule_mails(self.archive, rule_id=rule_id, since_ms=lo, until_ms=hi):
-            bought = any(mail["at_ms"] <= p <= mail["at_ms"] + window for p in mail["purchases"])
-            counts[mail["held_out"]][0] += int(bought)
-            counts[mail["held_out"]][1] += 1
-        return stats.holdout_uplift(counts[False][0], counts[False][1], counts[True][0], counts[True][1])
+        buyers_sent, n_sent, buyers_held, n_held = queries.holdout_counts(
+            self.archive, rule_id=rule_id, since_ms=lo, until_ms=hi, window_ms=attribution_days * 86_400_000)
+        return stats.holdout_uplift(buyers_sent, n_sent, buyers_held, n_held)

@@ -163,8 +163,12 @@ async def reports(request: web.Request) -> web.Response:
     holdout = None
     if rule and any(int(r["held_out"]) for r in rows):
         holdout = await data.run(data.holdout, rule, since, until)
+    coupons = await data.run(queries.coupon_report, data.archive, since=since, until=until, rule_id=rule,
+                             timezone=data.timezone)
+    totals = {**_totals(rows), "coupons_issued": sum(c["issued"] for c in coupons),
+              "coupons_redeemed": sum(c["redeemed"] for c in coupons)}
     return console.render(request, "reports.html", since=since, until=until, rule=rule or "", rows=rows,
-                          totals=_totals(rows), charts=charts, ab=data.ab_tests(rows), holdout=holdout)
+                          totals=totals, charts=charts, ab=data.ab_tests(rows), holdout=holdout, coupons=coupons)
 
 
 def _totals(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -19,12 +19,16 @@ from kagoflow.archive.rows import COLUMNS
 from kagoflow.settings import Settings
 
 TABLES = {"beacons", "members", "catalog", "orders", "mail_decisions", "engagement", "coupons_issued",
-          "report_mails", "report_clicks", "report_member_actions", "report_purchases"}
+          "report_mails", "report_clicks", "report_member_actions", "report_purchases", "report_decisions",
+          "report_mail_events", "report_click_days", "report_purchase_days", "report_sends", "report_emails"}
 VIEWS = {"v_beacons", "v_members", "v_catalog", "v_orders", "v_mail_decisions", "v_engagement", "v_purchases",
          "v_mail_engagement", "v_mail_conversions", "v_mail_report", "v_daily_send_list", "v_report_mails",
          "v_report_purchases", "v_coupons_issued", "v_coupon_redemptions", "v_coupon_report"}
 MATERIALIZED = {"mv_report_mails_decisions", "mv_report_mails_engagement", "mv_report_clicks",
-                "mv_report_member_actions", "mv_report_purchases_orders", "mv_report_purchases_beacons"}
+                "mv_report_member_actions", "mv_report_purchases_orders", "mv_report_purchases_beacons",
+                "mv_report_decisions", "mv_report_mail_events", "mv_report_click_days",
+                "mv_report_purchase_days_orders", "mv_report_purchase_days_beacons", "mv_report_sends",
+                "mv_report_emails"}
 
 
 def test_schema_statements_split_strip_comments_and_rename_database() -> None:

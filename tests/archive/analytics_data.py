@@ -43,12 +43,12 @@ def engagement(key: str, event: str, at_ms: int, *, bot: bool = False) -> tuple[
 
 
 def order(order_id: str, member_id: str, at_ms: int, *, total: float | None, status: str = "ordered",
-          items: tuple[tuple[str, int, float], ...] = (("sku-1", 1, 100.0),), ts_ms: int | None = None
-          ) -> tuple[Any, ...]:
+          items: tuple[tuple[str, int, float], ...] = (("sku-1", 1, 100.0),), ts_ms: int | None = None,
+          coupon: str = "") -> tuple[Any, ...]:
     return _row("orders", ts_ms=ts_ms or at_ms, order_id=order_id, member_id=member_id, status=status,
                 ordered_at=at_ms // 1000, shipped_at=None, delivered_at=None,
                 item_product_ids=[i[0] for i in items], item_quantities=[i[1] for i in items],
-                item_prices=[i[2] for i in items], coupon="", total=total)
+                item_prices=[i[2] for i in items], coupon=coupon, total=total)
 
 
 def beacon(event_id: str, member_id: str, kind: str, at_ms: int, *, product_id: str = "",

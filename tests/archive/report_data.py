@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 from tests.archive import analytics_data as data
-from tests.archive.analytics_data import DAY_MS, HOUR, T0, beacon, decision, order
+from tests.archive.analytics_data import DAY_MS, HOUR, T0, _row, beacon, decision, order
 
 DAY2 = date(2024, 3, 2)
 
@@ -26,8 +26,18 @@ def rows() -> dict[str, list[tuple[Any, ...]]]:
         decision("h1|hold|e1", "sent", T0), decision("h2|hold|e1", "sent", T0),
         decision("h3|hold|e1", "held_out", T0), decision("h4|hold|e1", "held_out", T0),
     ]
-    orders = [order("OH1", "h1", T0 + 2 * DAY_MS, total=100.0), order("OH3", "h3", T0 + 9 * DAY_MS, total=50.0)]
-    return {"beacons": beacons + beacons, "mail_decisions": decisions + decisions, "orders": orders + orders}
+    # h1 and h2 got a coupon with their mail; h1 used it (OH1), h2 did not
+    coupons = [coupon("HOLD-H1", "h1|hold|e1"), coupon("HOLD-H2", "h2|hold|e1")]
+    orders = [order("OH1", "h1", T0 + 2 * DAY_MS, total=100.0, coupon="HOLD-H1"),
+              order("OH3", "h3", T0 + 9 * DAY_MS, total=50.0)]
+    return {"beacons": beacons + beacons, "mail_decisions": decisions + decisions, "orders": orders + orders,
+            "coupons_issued": coupons + coupons}
+
+
+def coupon(code: str, key: str) -> tuple[Any, ...]:
+    member_id, rule_id, _ = key.split("|")
+    return _row("coupons_issued", code=code, member_id=member_id, rule_id=rule_id, decision_key=key,
+                kind="abandonment", variant="", issued_ms=T0, expires="", expires_ms=None)
 
 
 def check_search(search: Any) -> None:
@@ -45,6 +55,11 @@ def check_search(search: Any) -> None:
     assert ids(since=day, until=day, action="purchase") == ["a5"]
     top = {r["member_id"]: r["top_action"] for r in search(product_id="P9", since=day, until=DAY2)}
     assert top == {"a1": "cart", "a2": "favorite", "a3": "view", "a5": "purchase"}
+
+
+def check_coupons(coupons: list[dict[str, Any]]) -> None:
+    assert [(c["rule_id"], str(c["day"]), c["issued"], c["redeemed"]) for c in coupons] == \
+        [("hold", "2024-03-01", 2, 1)]
 
 
 def check_holdout(report: list[dict[str, Any]], mails: list[dict[str, Any]]) -> None:

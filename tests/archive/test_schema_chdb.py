@@ -89,6 +89,10 @@ def test_mail_report_on_current_engine(engine: ChdbArchive) -> None:
         ("cart-1h", 4, 0), ("fav-1h", 1, 0), ("follow", 1, 0), ("follow", 2, 0), ("hold", 2, 2)]
 
 
+def test_coupon_report_on_current_engine(engine: ChdbArchive) -> None:
+    report_data.check_coupons(queries.coupon_report(engine, since=data.DAY, until=data.DAY))
+
+
 def test_member_search_on_current_engine(engine: ChdbArchive) -> None:
     report_data.check_search(lambda **kw: queries.member_search(engine, **kw))
 

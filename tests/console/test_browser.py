@@ -112,8 +112,9 @@ def page(console: tuple[str, Settings]) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"], headless=True)
-        context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--lang=ja-JP"], headless=True)
+        context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True,
+                                      locale="ja-JP", timezone_id="Asia/Tokyo")
         yield context.new_page()
         browser.close()
 
@@ -242,9 +243,14 @@ def test_staff_walks_every_page(console: tuple[str, Settings], page: Any, tmp_pa
     assert page.inner_text("#total-conversions") == "3"
     assert page.inner_text("#total-revenue") == "8,000"
     report = {(r[1], r[2], r[3]): r for r in _cells(page, "report")}
-    assert report[("cart-1h", "0", "")][4:9] == ["4", "0", "3", "1", "50.0%"]  # sent, held, delivered, bounced, open
-    assert report[("fav-1h", "0", "")][11:14] == ["1", "100.0%", "5,000"]
-    assert report[("hold", "0", "")][4:6] == ["2", "2"]
+    assert report[("cart-1h", "—", "—")][4:9] == ["4", "0", "3", "1", "50.0%"]  # sent, held, delivered, bounced, open
+    assert report[("fav-1h", "—", "—")][11:14] == ["1", "100.0%", "5,000"]
+    # the holdout rule: 2 members sent, 2 held out (not sent, not counted under 送信 nor 配信)
+    assert report[("hold", "—", "—")][4:7] == ["2", "2", "0"]
+    assert page.inner_text("#total-held_out") == "2"
+    # coupons: h1 and h2 got a code with the hold mail, h1 ordered with it
+    assert page.inner_text("#total-coupons_redeemed") == "1"
+    assert _cells(page, "coupons") == [["2024-03-01", "hold", "—", "2", "1", "50.0%"]]
     assert page.locator("svg.chart").count() == 1
     assert page.locator("table#ab tr").count() == 3  # follow step 1: A vs B, click and conversion rate
     page.goto(url + "/reports?since=2024-03-01&until=2024-03-01&rule=hold")
