@@ -12,10 +12,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from kagoflow.core.couponing import CouponStep
 from kagoflow.core.engine import Engine
 from kagoflow.core.errors import ContractError, RuleError
 from kagoflow.core.rules import RuleSet
+from kagoflow.worker.datescan import DateScan
 
 log = logging.getLogger(__name__)
 Signature = tuple[tuple[str, int, int], ...]
@@ -70,7 +73,19 @@ class RulesReloader:
             self.check()
 
 
-def swap_rules(processor: object, ruleset: RuleSet) -> None:
-    """Give a ``MemberProcessor`` new rules: its ``ruleset`` and a new ``Engine`` over them."""
-    processor.ruleset = ruleset  # type: ignore[attr-defined]
-    processor.engine = Engine(ruleset)  # type: ignore[attr-defined]
+def swap_rules(processor: Any, ruleset: RuleSet) -> None:
+    """Give a ``MemberProcessor`` (or the backtest's ``Replay``) new rules: its ``ruleset``, a new ``Engine``
+    over them, and what was built from the old engine's programs — the coupon step, and in the worker the date
+    scan, whose partitions' heaps and indexes are rebuilt at the next event (else a date rule added by a
+    reload would never be scanned)."""
+    engine = Engine(ruleset)
+    processor.ruleset = ruleset
+    processor.engine = engine
+    for name in ("coupon_step", "coupons"):
+        old = getattr(processor, name, None)
+        if isinstance(old, CouponStep):
+            setattr(processor, name, CouponStep(ruleset.by_id.values(), pool=old.pool, secret=old.secret,
+                                                tz=ruleset.shop.timezone, on_empty=engine.coupon_pool_empty))
+    if isinstance(getattr(processor, "dates", None), DateScan):
+        processor.dates = DateScan(engine)
+        processor.unindexed |= set(processor.books)
