@@ -23,6 +23,7 @@ from kagoflow.worker.processor import make_processor
 from tests.core.abandon_helpers import jst
 from tests.core.test_caps import PLAIN, SHOP
 from tests.core.test_customer_rules import rules_dir
+from tests.worker.test_processor_deadletter import Event
 
 
 class SlowOutbox:
@@ -46,15 +47,6 @@ class SlowOutbox:
         for future in self.pending:
             if not future.done():
                 future.set_result(None)
-
-
-class Event:
-    def __init__(self, acked: list[int], offset: int) -> None:
-        self.acked, self.offset = acked, offset
-
-    def ack(self) -> bool:
-        self.acked.append(self.offset)
-        return True
 
 
 def test_a_fired_mail_is_not_stored_before_kafka_has_its_decision(tmp_path: Path) -> None:
