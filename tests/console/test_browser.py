@@ -288,3 +288,4 @@ def test_staff_walks_every_page(console: tuple[str, Settings], page: Any, tmp_pa
     page.click("form[action='/logout'] button")
     page.goto(url + "/reports")
     assert page.url == url + "/login"
+    page.screenshot(path=str(shot.with_name("console-login.png")))  # logged out: the login page, nothing else
