@@ -132,7 +132,7 @@ def _prepare_kafka(layout: Layout) -> None:
             log_dirs=log_dirs, partitions=layout.settings.partitions)
     if (log_dirs / "meta.properties").is_file():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = _kafka_cluster_id()
     _run(["java", *_kafka_jvm_common(layout), "kafka.tools.StorageTool", "format",
           "-t", cluster_id, "-c", str(_kafka_properties(layout))], what="kafka: formatting KRaft storage",
          quiet=True)
@@ -172,6 +172,16 @@ def _redis_argv(layout: Layout) -> list[str]:
         "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
         "--dir", str(layout.data_dir("redis")), "--logfile", "", "--databases", "16",
     ]
+
+
+def _kafka_cluster_id() -> str:
+    """A KRaft cluster id (16 random bytes, URL-safe base64) that does not start with "-": the storage tool
+    would read such an id as an option ("argument --cluster-id/-t: expected one argument", 1 start in 64).
+    Kafka's own ``Uuid.randomUuid`` skips those ids for the same reason."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _prepare_redis_cluster(layout: Layout) -> None:
