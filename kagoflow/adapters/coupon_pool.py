@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+from kagoflow.adapters.redis_calls import guard
 from kagoflow.adapters.redis_conn import RedisClient
-from kagoflow.adapters.redis_store import _guard
 
 _TAKE = """
 local code = redis.call('HGET', KEYS[1], ARGV[1])
@@ -80,20 +80,20 @@ class RedisCouponPool:
         """Make Redis hold ``codes`` (the pool file, in order); returns how many codes the pool has had in
         total. Idempotent and safe to run from several workers at once."""
         _, queue, meta = self._keys(pool)
-        stored = await _guard(lambda: self._client.hget(meta, "count"))
+        stored = await guard(lambda: self._client.hget(meta, "count"))
         loaded = int(stored or 0)
         while True:
             prefix_digest = _digest(codes[:loaded])
             chunk = codes[loaded:loaded + CHUNK]
             if not chunk:
-                current = await _guard(lambda: self._client.hget(meta, "digest"))
+                current = await guard(lambda: self._client.hget(meta, "digest"))
                 if loaded and _text(current) != prefix_digest:
                     raise PoolFileChanged(f"coupon pool {pool}: the codes already handed out are no longer "
                                           f"the start of the pool file")
                 return loaded
             after = _digest(codes[:loaded + len(chunk)])
             args: list[Any] = [prefix_digest, after, loaded, *chunk]
-            result = int(await _guard(partial(self._load, keys=[meta, queue], args=args)))
+            result = int(await guard(partial(self._load, keys=[meta, queue], args=args)))
             if result < 0:
                 raise PoolFileChanged(f"coupon pool {pool}: the codes already handed out are no longer "
                                       f"the start of the pool file")
@@ -112,24 +112,24 @@ class RedisCouponPool:
         if not decision_keys:
             return []
         given, queue, _ = self._keys(pool)
-        codes = await _guard(partial(self._take_many, keys=[given, queue], args=decision_keys))
+        codes = await guard(partial(self._take_many, keys=[given, queue], args=decision_keys))
         return [_text(code) or None for code in codes]
 
     async def take_with_left(self, pool: str, decision_key: str) -> tuple[str | None, int]:
         """(code or None when empty, codes left after it; -1 when the key already had its code)."""
         given, queue, _ = self._keys(pool)
-        code, left = await _guard(lambda: self._take(keys=[given, queue], args=[decision_key]))
+        code, left = await guard(lambda: self._take(keys=[given, queue], args=[decision_key]))
         return (None if code is None else _text(code)), int(left)
 
     async def remaining(self, pool: str) -> tuple[int, int]:
         _, queue, meta = self._keys(pool)
-        left = await _guard(lambda: self._client.llen(queue))
-        total = await _guard(lambda: self._client.hget(meta, "count"))
+        left = await guard(lambda: self._client.llen(queue))
+        total = await guard(lambda: self._client.hget(meta, "count"))
         return int(left), int(total or 0)
 
     async def given(self, pool: str) -> dict[str, str]:
         """Every decision key → code handed out so far (operators, tests)."""
-        raw = await _guard(lambda: self._client.hgetall(self._keys(pool)[0]))
+        raw = await guard(lambda: self._client.hgetall(self._keys(pool)[0]))
         return {_text(k): _text(v) for k, v in raw.items()}
 
 

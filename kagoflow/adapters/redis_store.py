@@ -1,4 +1,4 @@
-"""All Redis access: send caps (check-and-count), the idempotent send ledger and the suppression list.
+"""The idempotent send ledger and the suppression list on Redis (with the cap store of ``redis_caps``).
 
 Every multi-step operation is one Lua script, so it is atomic and costs one round trip. Any Redis failure
 surfaces as ``StoreUnavailable``: callers wait and retry — a mail is never sent uncapped or unrecorded
@@ -12,26 +12,18 @@ global hash that a script would have to reach into from another slot.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
-import redis.exceptions
-
+from kagoflow.adapters.redis_calls import Batcher, Coalescer, StoreUnavailable, guard
+from kagoflow.adapters.redis_caps import ANSWER_TTL_S, RedisCapStore
 from kagoflow.adapters.redis_conn import Lua, RedisClient, connect, execute, slot_groups
-from kagoflow.core.caps import CapRequest
 
-T = TypeVar("T")
-ItemT = TypeVar("ItemT")
-ResultT = TypeVar("ResultT")
-DAY_S = 86_400
-COUNTER_TTL_S = 40 * DAY_S
-"""Cap counters outlive the longest period (a month) they count."""
-ANSWER_TTL_S = 60 * DAY_S
-"""Cap answers and ledger entries outlive any replay of a decision."""
+__all__ = ["LEDGER_STATES", "LedgerEntry", "LedgerState", "LostReservation", "RedisCapStore", "RedisStore",
+           "Reservation", "StoreUnavailable"]
 
 LedgerState = Literal["reserved", "transmitting", "sent", "failed"]
 """``reserved``: this decision's mail is being sent and its end of DATA is not written yet — nothing can
@@ -39,144 +31,6 @@ have been delivered, so after a crash the mail is sent again. ``transmitting``: 
 of DATA (the only moment SMTP leaves the outcome unknown) — after a crash it is ``uncertain``, never resent.
 ``sent`` / ``failed``: final. ``reserved`` and ``transmitting`` carry the reserving attempt's owner token."""
 LEDGER_STATES: frozenset[str] = frozenset(("reserved", "transmitting", "sent", "failed"))
-
-
-class StoreUnavailable(RuntimeError):
-    """Redis could not be reached or answered with an error; retry later."""
-
-
-async def _guard(call: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await call()
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"redis unavailable: {exc}") from exc
-    except (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException) as exc:
-        raise StoreUnavailable(f"redis error: {exc}") from exc
-
-
-class _Coalescer(Generic[ItemT, ResultT]):
-    """Calls made by concurrent tasks in the same event-loop turn are handed to ``flush`` together.
-
-    Many mails are delivered concurrently; without this each pays a full Redis round trip (and redis-py's
-    per-command overhead) for its ledger reservation and confirmation. Every caller still awaits its own
-    item's result, so the semantics of each call are unchanged; an exception of ``flush`` goes to all callers.
-    """
-
-    def __init__(self, flush: Callable[[list[ItemT]], Awaitable[list[Any]]]) -> None:
-        self._flush_items = flush
-        self._queue: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def call(self, item: ItemT) -> ResultT:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ResultT] = loop.create_future()
-        self._queue.append((item, future))
-        if len(self._queue) == 1:
-            loop.call_soon(self._start_flush)
-        return await future
-
-    def _start_flush(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._flush())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _flush(self) -> None:
-        queue, self._queue = self._queue, []
-        try:
-            results = await self._flush_items([item for item, _ in queue])
-        except BaseException as exc:
-            for _, future in queue:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), result in zip(queue, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-
-class _Batcher:
-    """Commands of one event-loop turn go to Redis as one pipeline (each keeps its own result or error)."""
-
-    def __init__(self, client: RedisClient) -> None:
-        self._client = client
-        self._coalescer: _Coalescer[tuple[Any, ...], Any] = _Coalescer(self._pipeline)
-
-    async def call(self, *command: Any) -> Any:
-        return await self._coalescer.call(command)
-
-    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        return await execute(self._client, commands)
-
-
-_CAP_LUA = Lua("""
-local answer = redis.call('GET', KEYS[1])
-if answer then return tonumber(answer) end
-local n = #KEYS - 1
-for i = 1, n do
-  local count = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
-  if count >= tonumber(ARGV[i]) then
-    redis.call('SET', KEYS[1], 0, 'EX', ARGV[n + 2])
-    return 0
-  end
-end
-for i = 1, n do
-  redis.call('INCR', KEYS[i + 1])
-  redis.call('EXPIRE', KEYS[i + 1], ARGV[n + 1])
-end
-redis.call('SET', KEYS[1], 1, 'EX', ARGV[n + 2])
-return 1
-""")
-
-
-class RedisCapStore:
-    """``kagoflow.core.caps.CapStore`` on Redis: one script checks every counter, counts all or none, and
-    remembers the answer under the decision's key so a replayed decision gets the same answer uncounted."""
-
-    def __init__(self, client: RedisClient, *, prefix: str = "kf:", batcher: _Batcher | None = None) -> None:
-        self._client = client
-        self._prefix = prefix
-        self._batcher = batcher or _Batcher(client)
-
-    def counter_key(self, member_id: str, counter: str) -> str:
-        """A member's counters and cap answers share the ``{member}`` hash tag: one cluster slot."""
-        return f"{self._prefix}{{{member_id}}}:{counter}"
-
-    def answer_key(self, request: CapRequest) -> str:
-        return f"{self._prefix}capanswer:{{{request.member_id}}}:{request.key}"
-
-    async def acquire(self, request: CapRequest) -> bool:
-        keys = [self.answer_key(request)]
-        keys += [self.counter_key(request.member_id, name) for name, _ in request.counters]
-        args = [limit for _, limit in request.counters] + [COUNTER_TTL_S, ANSWER_TTL_S]
-        answer = await _guard(lambda: self._batcher.call(*_CAP_LUA.command(keys, args)))
-        if isinstance(answer, Exception):
-            raise StoreUnavailable(f"redis error: {answer}") from answer
-        return bool(int(answer))
-
-    async def check(self, request: CapRequest) -> bool:
-        """``acquire``'s answer without counting (a held-out mail, a pool-coupon mail before its code): the
-        key's stored answer (a replay), else whether every counter is below its limit. Checks of one
-        event-loop turn share one pipeline with the turn's ``acquire`` calls, in call order; the answer and the
-        counters share the member's hash tag (one cluster slot)."""
-        names = [self.answer_key(request)] + [self.counter_key(request.member_id, name) for name, _ in request.counters]
-        reply = await _guard(lambda: self._batcher.call("MGET", *names))
-        if isinstance(reply, Exception):
-            raise StoreUnavailable(f"redis error: {reply}") from reply
-        answer, *values = reply
-        if answer is not None:
-            return bool(int(answer))
-        return all(int(value or 0) < limit for value, (_, limit) in zip(values, request.counters, strict=True))
-
-    async def count(self, counter: str, *, member_id: str) -> int:
-        """Current value of one of a member's cap counters (for tests and operators)."""
-        value = await _guard(lambda: self._client.get(self.counter_key(member_id, counter)))
-        return int(value or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +124,7 @@ class RedisStore:
     def __init__(self, client: RedisClient, *, prefix: str = "kf:") -> None:
         self.client = client
         self.prefix = prefix
-        self._batcher = _Batcher(client)
+        self._batcher = Batcher(client)
         self.caps = RedisCapStore(client, prefix=prefix, batcher=self._batcher)
         self._uncertain = f"{prefix}ledger:uncertain"
         self._owner = secrets.token_hex(6)
@@ -278,8 +132,8 @@ class RedisStore:
         """Owner tokens of reservations: this store's random id and a counter (unique without a syscall)."""
         # Ledger calls of one event-loop turn go together: the marks and confirmations in one pipeline, the
         # reservations (which read the suppression list first) in their own two.
-        self._ledger: _Coalescer[tuple[str, ...], Any] = _Coalescer(self._ledger_flush)
-        self._reserves: _Coalescer[tuple[str, ...], Any] = _Coalescer(self._reserve_flush)
+        self._ledger: Coalescer[tuple[str, ...], Any] = Coalescer(self._ledger_flush)
+        self._reserves: Coalescer[tuple[str, ...], Any] = Coalescer(self._reserve_flush)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "kf:") -> RedisStore:
@@ -291,7 +145,7 @@ class RedisStore:
         await self.client.aclose()
 
     async def ping(self) -> None:
-        await _guard(lambda: self.client.ping())
+        await guard(lambda: self.client.ping())
 
     def _ledger_key(self, key: str) -> str:
         return f"{self.prefix}ledger:{{{key}}}"
@@ -318,7 +172,7 @@ class RedisStore:
             self._email_key(email) if email.strip() else "",
             LedgerEntry("reserved", now_ms, token).encode(),
         )
-        kind, value = await _guard(lambda: self._reserves.call(item))
+        kind, value = await guard(lambda: self._reserves.call(item))
         if kind == "reserved":
             return Reservation(reserved=True, token=token)
         if kind == "resumed":
@@ -329,7 +183,7 @@ class RedisStore:
 
     async def confirm(self, key: str, *, state: LedgerState = "sent", now_ms: int, detail: str = "") -> None:
         entry = LedgerEntry(state, now_ms, detail.replace("|", "/")).encode()
-        await _guard(lambda: self._ledger.call(("confirm", self._ledger_key(key), entry)))
+        await guard(lambda: self._ledger.call(("confirm", self._ledger_key(key), entry)))
 
     async def mark_transmitting(self, key: str, *, token: str, now_ms: int, undo: bool = False) -> None:
         """Record that the end of DATA is about to be written (call it before, never after, those bytes go
@@ -337,7 +191,7 @@ class RedisStore:
         connection lost before the end). Marks of one event-loop turn share one round trip with the turn's
         other ledger writes. Raises ``LostReservation`` when the entry is no longer this owner's."""
         entry = LedgerEntry("reserved" if undo else "transmitting", now_ms, token).encode()
-        marked = await _guard(lambda: self._ledger.call(("transmit", self._ledger_key(key), token, entry)))
+        marked = await guard(lambda: self._ledger.call(("transmit", self._ledger_key(key), token, entry)))
         if not marked:
             raise LostReservation(f"the reservation of {key} was taken over; not transmitting")
 
@@ -403,29 +257,29 @@ class RedisStore:
 
     async def release(self, key: str) -> None:
         """Forget a reservation whose mail was certainly not sent, so a later replay may try again."""
-        await _guard(lambda: self.client.delete(self._ledger_key(key)))
+        await guard(lambda: self.client.delete(self._ledger_key(key)))
 
     async def state(self, key: str) -> LedgerEntry | None:
-        raw = await _guard(lambda: self.client.get(self._ledger_key(key)))
+        raw = await guard(lambda: self.client.get(self._ledger_key(key)))
         return None if raw is None else LedgerEntry.decode(raw)
 
     async def note_uncertain(self, key: str) -> None:
-        await _guard(lambda: self.client.sadd(self._uncertain, key))
+        await guard(lambda: self.client.sadd(self._uncertain, key))
 
     async def count_uncertain(self) -> int:
         """Decisions whose end of DATA went out without a reply (a crash or lost connection in that window):
         the server may have accepted them, so they are not resent."""
-        return int(await _guard(lambda: self.client.scard(self._uncertain)))
+        return int(await guard(lambda: self.client.scard(self._uncertain)))
 
     async def uncertain_keys(self) -> list[str]:
-        members = await _guard(lambda: self.client.smembers(self._uncertain))
+        members = await guard(lambda: self.client.smembers(self._uncertain))
         return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
 
     # -- suppression list: one key per member and per address ------------------------------------------
 
     async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """A pipeline whose first error is raised (as ``StoreUnavailable``)."""
-        answers = await _guard(lambda: execute(self.client, commands))
+        answers = await guard(lambda: execute(self.client, commands))
         for answer in answers:
             if isinstance(answer, Exception):
                 raise StoreUnavailable(f"redis error: {answer}") from answer
@@ -471,11 +325,11 @@ class RedisStore:
         moved = 0
         for kind in ("member", "email"):
             legacy = f"{self.prefix}suppressed:{kind}"
-            if await _guard(lambda: self.client.type(legacy)) != "hash":  # noqa: B023
+            if await guard(lambda: self.client.type(legacy)) != "hash":  # noqa: B023
                 continue
-            entries = await _guard(lambda: self.client.hgetall(legacy))  # noqa: B023
+            entries = await guard(lambda: self.client.hgetall(legacy))  # noqa: B023
             await self._run([("SET", f"{legacy}:{_text(field)}", value, "NX") for field, value in entries.items()])
-            await _guard(lambda: self.client.delete(legacy))  # noqa: B023
+            await guard(lambda: self.client.delete(legacy))  # noqa: B023
             moved += len(entries)
         return moved
 

@@ -26,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-from kagoflow.adapters.redis_store import LostReservation, RedisStore, StoreUnavailable, _Coalescer
+from kagoflow.adapters.redis_calls import Coalescer
+from kagoflow.adapters.redis_store import LostReservation, RedisStore, StoreUnavailable
 from kagoflow.adapters.smtp import SmtpPermanentError, SmtpPool, SmtpTemporaryError, SmtpUncertainError
 from kagoflow.core.catalog import ProductInfo
 from kagoflow.core.decisions import Decision
@@ -102,7 +103,7 @@ class Deliverer:
         self.bucket = TokenBucket(settings.smtp_rate_per_second)
         self._render_thread = ThreadPoolExecutor(1, thread_name_prefix="kagoflow-render")
         """Renders run here, one at a time (the templates' compiled cache is this thread's alone)."""
-        self._render: _Coalescer[Callable[[], OutgoingMail], OutgoingMail] = _Coalescer(self._render_batch)
+        self._render: Coalescer[Callable[[], OutgoingMail], OutgoingMail] = Coalescer(self._render_batch)
         """Mails composed in the same event-loop turn go to the thread together (one hand-over, not one each)."""
         self._in_flight: set[str] = set()
         self.metrics: Counter[str] = Counter()

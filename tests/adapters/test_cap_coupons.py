@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from kagoflow.adapters.coupon_pool import RedisCouponPool
-from kagoflow.adapters.redis_store import RedisStore, _Coalescer
+from kagoflow.adapters.redis_calls import Coalescer
+from kagoflow.adapters.redis_store import RedisStore
 from kagoflow.backtest import Replay
 from kagoflow.core.caps import CapLimits, CapRequest, acquire_caps, apply_caps, cap_request
 from kagoflow.core.decisions import Decision
@@ -106,7 +107,7 @@ async def test_the_cap_calls_of_a_batch_share_one_round_trip(redis_store: RedisS
         return await real(commands)
 
     batcher._pipeline = counted  # type: ignore[method-assign]
-    batcher._coalescer = _Coalescer(counted)
+    batcher._coalescer = Coalescer(counted)
     out = await apply_caps(decisions, redis_store.caps, limits=limits, tz=ZoneInfo("Asia/Tokyo"),
                            deferred=lambda d: d.member_id in pooled)
     assert [d.status for d in out] == ["sent"] * 20
